@@ -1,0 +1,91 @@
+"""Attention backends behind the one `attention_fn` slot every model has.
+
+An attention function takes `query [B, T, N, H]`, `key [B, S, N, H]`, `value [B, S, N, H]`,
+an optional boolean `mask` broadcastable to `[B, N, T, S]` (True = attend) and `is_causal`,
+and returns `[B, T, N, H]`, like `jax.nn.dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+AttentionFn = Callable[..., jax.Array]
+
+log = logging.getLogger(__name__)
+
+# Our backend name -> (tokamax implementation name, platforms it is meant for or None for any).
+TOKAMAX_BACKENDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "mosaic": ("mosaic", ("gpu", "cuda", "rocm")),
+    "mosaic_tpu": ("mosaic", ("tpu",)),
+    "triton": ("triton", None),
+    "cudnn": ("cudnn", None),
+    "xla_chunked": ("xla_chunked", None),
+    "xla": ("xla", None),
+}
+
+
+def _combine_masks(mask, is_causal: bool, t: int, s: int):
+    if is_causal:
+        causal = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
+        mask = causal if mask is None else jnp.logical_and(mask, causal)
+    return mask
+
+
+def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = False):
+    """Exact softmax attention; logits and softmax in float32 whatever the input dtype."""
+    scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32) * scale
+    mask = _combine_masks(mask, is_causal, query.shape[1], key.shape[1])
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, value)
+
+
+def make_tokamax_attention(impls: str | Sequence[str]) -> AttentionFn:
+    """Attention through tokamax, using the first backend in `impls` that runs here.
+
+    `impls` is one name or an ordered list of "mosaic" (GPU), "mosaic_tpu", "triton", "cudnn",
+    "xla_chunked", "xla". The choice is made when the function is traced, because whether a
+    kernel runs depends on the device, shapes and dtypes; if none runs, the error names each
+    backend tried and why it refused.
+    """
+    import tokamax  # imported here so that models without tokamax attention never need it
+
+    names = [impls] if isinstance(impls, str) else list(impls)
+    if not names:
+        raise ValueError("make_tokamax_attention needs at least one backend name")
+    unknown = [n for n in names if n not in TOKAMAX_BACKENDS]
+    if unknown:
+        raise ValueError(
+            f"unknown attention backend(s) {unknown}; known: {sorted(TOKAMAX_BACKENDS)}"
+        )
+
+    def attention(query, key, value, mask=None, *, is_causal: bool = False):
+        platform = jax.default_backend()
+        refusals = []
+        for name in names:
+            impl, platforms = TOKAMAX_BACKENDS[name]
+            if platforms is not None and platform not in platforms:
+                refusals.append(f"{name}: meant for {'/'.join(platforms)}, this is {platform}")
+                continue
+            try:
+                out = tokamax.dot_product_attention(
+                    query, key, value, mask=mask, is_causal=is_causal, implementation=impl
+                )
+            except NotImplementedError as e:
+                refusals.append(f"{name}: {e}")
+                continue
+            log.debug("tokamax attention backend %r chosen (refused: %s)", name, refusals)
+            return out
+        raise RuntimeError(
+            f"none of the attention backends {names} runs on {platform} for "
+            f"query {query.shape} {query.dtype}: " + "; ".join(refusals)
+        )
+
+    attention.backends = tuple(names)
+    return attention

@@ -1,0 +1,295 @@
+"""Strict conversion between HF state dicts and Linen parameter trees, driven by one key table.
+
+A family describes its checkpoint with `Rule`s: an HF key template, a Linen path template (in
+the loop layout, `encoderblock_{i}`) and a `Transform` that knows both directions. The HF ->
+Linen direction and the Linen -> HF direction are both derived from the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+PROGRESS_MIN_BYTES = 256 * 2**20  # show a progress bar only for checkpoints at least this big
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model; the message names every offending key."""
+
+
+# --- transforms ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """Identity: the HF tensor has the Linen shape."""
+
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return shape
+
+    def to_linen(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return x
+
+    def to_hf(self, y: np.ndarray) -> np.ndarray:
+        return y
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(Transform):
+    """HF keeps a flat vector (e.g. a `(heads*kv,)` bias) that Linen splits."""
+
+    def hf_shape(self, shape):
+        return (math.prod(shape),)
+
+    def to_linen(self, x, shape):
+        return x.reshape(shape)
+
+    def to_hf(self, y):
+        return y.reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearKernel(Transform):
+    """torch `Linear.weight` `(out, in)` <-> Linen kernel `in_dims + out_dims`, where the
+    first `in_dims` Linen dims are the (possibly split) input features."""
+
+    in_dims: int = 1
+
+    def _split(self, shape):
+        return math.prod(shape[: self.in_dims]), math.prod(shape[self.in_dims:])
+
+    def hf_shape(self, shape):
+        n_in, n_out = self._split(shape)
+        return (n_out, n_in)
+
+    def to_linen(self, x, shape):
+        return np.ascontiguousarray(x.T).reshape(shape)
+
+    def to_hf(self, y):
+        n_in, n_out = self._split(y.shape)
+        return np.ascontiguousarray(y.reshape(n_in, n_out).T)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvKernel(Transform):
+    """torch `Conv2d.weight` `(out, in, kh, kw)` <-> Linen `(kh, kw, in, out)`."""
+
+    def hf_shape(self, shape):
+        kh, kw, cin, cout = shape
+        return (cout, cin, kh, kw)
+
+    def to_linen(self, x, shape):
+        return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
+
+    def to_hf(self, y):
+        return np.ascontiguousarray(y.transpose(3, 2, 0, 1))
+
+
+IDENTITY = Transform()
+FLATTEN = Flatten()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    hf: str  # e.g. "vit.encoder.layer.{i}.attention.attention.query.weight"
+    linen: str  # e.g. "Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0/query/kernel"
+    transform: Transform = IDENTITY
+
+
+def _template_regex(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
+
+
+class KeyMap:
+    """Both directions of a rule table."""
+
+    def __init__(self, rules: Iterable[Rule]):
+        self.rules = tuple(rules)
+        self._hf = [(_template_regex(r.hf), r) for r in self.rules]
+        self._linen = [(_template_regex(r.linen), r) for r in self.rules]
+
+    @staticmethod
+    def _lookup(table, key, target):
+        for pattern, rule in table:
+            m = pattern.match(key)
+            if m:
+                return getattr(rule, target).format(**m.groupdict()), rule.transform
+        return None
+
+    def to_linen_path(self, hf_key: str):
+        return self._lookup(self._hf, hf_key, "linen")
+
+    def to_hf_key(self, linen_path: str):
+        return self._lookup(self._linen, linen_path, "hf")
+
+
+# --- trees -------------------------------------------------------------------------------
+
+def flatten_tree(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_tree(v, path + "/"))
+        else:
+            out[path] = v
+    return out
+
+
+def unflatten_tree(flat: Mapping[str, object]) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def hf_to_linen(
+    state: Mapping[str, np.ndarray],
+    keymap: KeyMap,
+    expected: Mapping[str, tuple[int, ...]],
+    dont_load: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """Map an HF state dict onto the expected flat Linen paths (loop layout), strictly.
+
+    `dont_load`: regexes over Linen paths (e.g. `"head/.*"`) that may be absent from the
+    checkpoint or mismatched; those entries are skipped and left to the caller.
+    """
+    skip = [re.compile(p) for p in dont_load]
+    skipped = lambda path: any(p.fullmatch(path) for p in skip)  # noqa: E731
+    out, unexpected, misshaped = {}, [], []
+    for hf_key, tensor in state.items():
+        target = keymap.to_linen_path(hf_key)
+        if target is None or target[0] not in expected:
+            unexpected.append(hf_key)
+            continue
+        path, transform = target
+        if skipped(path):
+            continue
+        want = transform.hf_shape(tuple(expected[path]))
+        if tuple(tensor.shape) != want:
+            misshaped.append(f"{hf_key}: checkpoint {tuple(tensor.shape)}, model expects {want} (-> {path})")
+            continue
+        out[path] = transform.to_linen(np.asarray(tensor), tuple(expected[path]))
+    missing = []
+    for path in expected:
+        if path not in out and not skipped(path):
+            hf = keymap.to_hf_key(path)
+            missing.append(f"{hf[0] if hf else '<no HF key>'} (-> {path})")
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    if misshaped:
+        problems.append(f"mis-shaped keys: {misshaped}")
+    if problems:
+        raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems)
+                              + ". Pass dont_load=[regex over model paths] to leave parts (e.g. the head) uninitialised from the checkpoint.")
+    return out
+
+
+def linen_to_hf(flat: Mapping[str, np.ndarray], keymap: KeyMap) -> dict[str, np.ndarray]:
+    out, unmapped = {}, []
+    for path, value in flat.items():
+        target = keymap.to_hf_key(path)
+        if target is None:
+            unmapped.append(path)
+            continue
+        hf_key, transform = target
+        out[hf_key] = transform.to_hf(np.asarray(value))
+    if unmapped:
+        raise CheckpointError(f"parameters with no HF key in this family's table: {unmapped}")
+    return out
+
+
+# --- files -------------------------------------------------------------------------------
+
+def _progress(items, total_bytes: int, desc: str):
+    show = sys.stderr.isatty() and total_bytes >= PROGRESS_MIN_BYTES
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+    return tqdm(items, desc=desc, unit="tensor")
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of an HF checkpoint directory, safetensors preferred."""
+    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (TORCH_WEIGHTS, TORCH_INDEX)):
+        if (directory / index).exists():
+            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
+            return [directory / s for s in shards]
+        if (directory / single).exists():
+            return [directory / single]
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {TORCH_WEIGHTS} or {TORCH_INDEX}"
+    )
+
+
+def read_state_dict(directory: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield `(key, array)` one tensor at a time (bf16 stays bf16, via ml_dtypes)."""
+    files = weight_files(Path(directory))
+    total = sum(f.stat().st_size for f in files)
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(f, framework="np") as reader:
+                for key in _progress(list(reader.keys()), total, f"loading {f.name}"):
+                    yield key, reader.get_tensor(key)
+        else:
+            try:
+                import torch
+            except ImportError:
+                raise ImportError(f"{f} is a PyTorch checkpoint; reading it needs torch installed") from None
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            for key in _progress(list(state), total, f"loading {f.name}"):
+                yield key, _torch_to_numpy(state.pop(key))
+
+
+def write_state_dict(state: Mapping[str, np.ndarray], directory: str | os.PathLike,
+                     max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write safetensors the way `save_pretrained` does: one file, or shards plus an index."""
+    from safetensors.numpy import save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key in sorted(state):
+        nbytes = state[key].nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = np.ascontiguousarray(state[key])
+        size += nbytes
+    total = sum(a.nbytes for a in state.values())
+    if len(shards) == 1:
+        save_file(shards[0], directory / SAFE_WEIGHTS, metadata={"format": "pt"})
+        return
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in _progress(list(zip(names, shards)), total, "saving"):
+        save_file(shard, directory / name, metadata={"format": "pt"})
+    index = {"metadata": {"total_size": total},
+             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))

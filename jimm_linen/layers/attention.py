@@ -1,0 +1,79 @@
+"""Multi-head attention whose score computation is the pluggable `attention_fn`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from jimm_linen.attention import dot_product_attention
+from jimm_linen.layers.core import DenseGeneral, default_kernel_init
+
+ACT_HEADS = ("act_batch", "act_length", "act_heads", "act_kv")
+
+
+def _dropout_attention(query, key, value, mask, is_causal, rate, rng):
+    """The default attention with dropout on the probabilities, as HF does in training."""
+    scale = query.shape[-1] ** -0.5
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32) * scale
+    if is_causal:
+        t, s = logits.shape[-2:]
+        causal = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
+        mask = causal if mask is None else jnp.logical_and(mask, causal)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(value.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, value)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with kernels named `("embed", "heads", "kv")`."""
+
+    num_heads: int
+    head_dim: int
+    qkv_bias: bool = True
+    attention_fn: Any = None
+    attention_dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = None
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv=None, mask=None, deterministic: bool = True,
+                 is_causal: bool = False):
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        embed = inputs_q.shape[-1]
+        kernel_init = self.kernel_init or default_kernel_init()
+
+        def proj(name, x):
+            y = DenseGeneral(
+                features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
+                use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=kernel_init, name=name,
+            )(x)
+            y = nn.with_logical_constraint(y, ACT_HEADS)
+            return checkpoint_name(y, f"{name}_proj")
+
+        q, k, v = proj("query", inputs_q), proj("key", inputs_kv), proj("value", inputs_kv)
+        if self.attention_dropout > 0.0 and not deterministic:
+            if self.attention_fn is not None:
+                raise ValueError(
+                    "attention-probability dropout in training needs the default attention; "
+                    "set attention_dropout=0 to train with a custom attention_fn"
+                )
+            rng = self.make_rng("dropout")
+            out = _dropout_attention(q, k, v, mask, is_causal, self.attention_dropout, rng)
+        else:
+            attention_fn = self.attention_fn or dot_product_attention
+            out = attention_fn(q, k, v, mask=mask, is_causal=is_causal)
+        out = nn.with_logical_constraint(out, ACT_HEADS)
+        out = DenseGeneral(
+            features=embed, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
+            dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=kernel_init, name="out",
+        )(out)
+        return checkpoint_name(out, "out_proj")

@@ -1,0 +1,96 @@
+"""Patch embedding and learned position embeddings with PyTorch-exact resizing."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jimm_linen.layers.core import default_kernel_init
+
+
+def check_images(images: jax.Array, num_channels: int, patch_size: int) -> None:
+    """Raise a clear error for anything that is not a batch of NHWC images the model can tile."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (batch, height, width, channels), got {images.shape}")
+    if images.shape[-1] != num_channels:
+        hint = ""
+        if images.shape[1] == num_channels:
+            hint = " (this looks like NCHW; jimm takes NHWC: transpose with x.transpose(0, 2, 3, 1))"
+        raise ValueError(
+            f"expected {num_channels} channels in the last dim of NHWC images, got shape "
+            f"{images.shape}{hint}"
+        )
+    h, w = images.shape[1:3]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}x{w} is not divisible by the patch size {patch_size}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"expected float images (normalised pixel values), got dtype {images.dtype}")
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping `patch_size` convolution written as a reshape and one matmul."""
+
+    patch_size: int
+    hidden_size: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = None
+
+    @nn.compact
+    def __call__(self, images):
+        p = self.patch_size
+        b, h, w, c = images.shape
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init or default_kernel_init(),
+                                         ("patch", "patch", "channels", "embed")),
+            (p, p, c, self.hidden_size), self.param_dtype,
+        )
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                          (self.hidden_size,), self.param_dtype)
+        images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
+        patches = images.reshape(b, h // p, p, w // p, p, c)
+        return jnp.einsum("bhpwqc,pqcd->bhwd", patches, kernel) + bias
+
+
+@functools.lru_cache(maxsize=64)
+def torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """The (out, in) matrix of `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`.
+
+    PyTorch uses the cubic convolution kernel with a = -0.75, source index `(dst + 0.5) * in/out
+    - 0.5` (not clamped for cubic), border-replicated taps and no antialiasing;
+    `jax.image.resize` uses a = -0.5 with antialiasing, which gives other numbers.
+    """
+    a = -0.75
+
+    def near(t):  # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t):  # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    scale = in_size / out_size
+    for dst in range(out_size):
+        src = (dst + 0.5) * scale - 0.5
+        i0 = int(np.floor(src))
+        t = src - i0
+        weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+        for k, wgt in enumerate(weights):
+            m[dst, min(max(i0 - 1 + k, 0), in_size - 1)] += wgt
+    return m
+
+
+def resize_position_grid(grid: jax.Array, new_hw: tuple[int, int]) -> jax.Array:
+    """Bicubically resize a `(h, w, d)` grid of position embeddings exactly as HF/PyTorch do."""
+    h, w, _ = grid.shape
+    mh = jnp.asarray(torch_bicubic_matrix(h, new_hw[0]), grid.dtype)
+    mw = jnp.asarray(torch_bicubic_matrix(w, new_hw[1]), grid.dtype)
+    # Width first, then height: the order PyTorch's separable kernel sums in.
+    tmp = jnp.einsum("bw,hwd->hbd", mw, grid, precision="highest")
+    return jnp.einsum("ah,hbd->abd", mh, tmp, precision="highest")

@@ -1,0 +1,115 @@
+"""The Vision Transformer as one Linen module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jimm_linen.activations import get_activation
+from jimm_linen.layers import DenseGeneral, Encoder, MAPHead, PatchEmbedding, check_images, resize_position_grid
+from jimm_linen.layers.core import default_kernel_init
+from jimm_linen.models.vit.config import ViTConfig
+
+
+@flax.struct.dataclass
+class ViTOutput:
+    """What `ViT(..., return_hidden_states=True)` returns.
+
+    `output`: logits if the model has a head, else the pooled features.
+    `pooled`: the pooled features (after `pre_logits` when there is one).
+    `last_hidden_state`: all tokens after the final LayerNorm.
+    `hidden_states`: the embeddings and every block's output, like HF's `hidden_states`.
+    """
+
+    output: jax.Array
+    pooled: jax.Array
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...]
+
+
+class ViT(nn.Module):
+    """Vision Transformer on NHWC float images.
+
+    `apply(variables, images)` returns logits (with a head) or pooled features. `scan` stacks the
+    blocks under one `layers` axis; `remat_policy` is a name understood by
+    `jimm_linen.layers.remat_policy`. `attention_fn=None` is exact softmax attention.
+    """
+
+    config: ViTConfig
+    attention_fn: Any = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan: bool = True
+    remat_policy: str = "none"
+
+    @nn.compact
+    def __call__(self, images, train: bool = False, interpolate_pos_encoding: bool = False,
+                 return_hidden_states: bool = False):
+        cfg = self.config
+        check_images(images, cfg.num_channels, cfg.patch_size)
+        kernel_init = default_kernel_init(cfg.initializer_range)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        x = PatchEmbedding(cfg.patch_size, cfg.hidden_size, kernel_init=kernel_init,
+                           name="embedding", **kw)(images)
+        b, gh, gw, d = x.shape
+        x = x.reshape(b, gh * gw, d)
+        if cfg.pooling == "cls":
+            cls = self.param("cls", nn.with_logical_partitioning(kernel_init, (None, None, "embed")),
+                             (1, 1, d), self.param_dtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+        x = x + self._position_embedding(gh, gw, interpolate_pos_encoding, kernel_init).astype(x.dtype)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        x = nn.Dropout(cfg.hidden_dropout_prob)(x, not train)
+
+        encoded, per_layer = Encoder(
+            num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+            mlp_dim=cfg.intermediate_size, hidden_act=cfg.hidden_act,
+            layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias,
+            dropout_rate=cfg.hidden_dropout_prob, attention_dropout=cfg.attention_probs_dropout_prob,
+            attention_fn=self.attention_fn, scan=self.scan, remat_policy=self.remat_policy,
+            kernel_init=kernel_init, name="Transformer", **kw,
+        )(x, None, not train, return_hidden_states)
+
+        if cfg.pooling == "cls":
+            pooled = encoded[:, 0]
+        elif cfg.pooling == "mean":
+            pooled = encoded.mean(axis=1)
+        else:
+            pooled = MAPHead(cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_act,
+                             cfg.layer_norm_eps, attention_fn=self.attention_fn,
+                             kernel_init=kernel_init, name="MAPHead_0", **kw)(encoded)
+        if cfg.pooler:
+            pooled = DenseGeneral(cfg.pooler_output_size, kernel_axes=("embed", "mlp"),
+                                  kernel_init=kernel_init, name="pre_logits", **kw)(pooled)
+            pooled = get_activation(cfg.pooler_act)(pooled)
+        out = pooled
+        if cfg.num_labels:
+            out = DenseGeneral(cfg.num_labels, kernel_axes=("embed", "classes"),
+                               kernel_init=kernel_init, name="head", **kw)(pooled)
+        if not return_hidden_states:
+            return out
+        return ViTOutput(output=out, pooled=pooled, last_hidden_state=encoded,
+                         hidden_states=(x,) + per_layer)
+
+    def _position_embedding(self, gh: int, gw: int, interpolate: bool, init) -> jax.Array:
+        cfg = self.config
+        pos = self.param("pos_embedding", nn.with_logical_partitioning(init, (None, "length", "embed")),
+                         (1, cfg.num_positions, cfg.hidden_size), self.param_dtype)
+        g = cfg.grid_size
+        if (gh, gw) == (g, g):
+            return pos
+        if not interpolate:
+            raise ValueError(
+                f"input is {gh * cfg.patch_size}x{gw * cfg.patch_size} but the model was built for "
+                f"{cfg.image_size}x{cfg.image_size}; pass interpolate_pos_encoding=True to resize "
+                f"the position embeddings"
+            )
+        n_prefix = 1 if cfg.pooling == "cls" else 0
+        grid = pos[0, n_prefix:].reshape(g, g, cfg.hidden_size)
+        resized = resize_position_grid(grid, (gh, gw)).reshape(1, gh * gw, cfg.hidden_size)
+        return jnp.concatenate([pos[:, :n_prefix], resized], axis=1)

@@ -1,0 +1,146 @@
+"""`from_pretrained` / `save_pretrained` for every model family, HF checkpoint format."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jimm_linen import checkpoint as ckpt
+from jimm_linen.layers import loop_to_scan, scan_to_loop
+from jimm_linen.models.vit import ViT, ViTConfig
+from jimm_linen.models.vit import hf as vit_hf
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the generic loader needs to know about one model family."""
+
+    module_cls: type[nn.Module]
+    config_cls: type
+    keymap: Callable[[Any], ckpt.KeyMap]
+    dummy_inputs: Callable[[Any], tuple]
+
+
+FAMILIES: dict[str, Family] = {
+    "vit": Family(ViT, ViTConfig, vit_hf.keymap, vit_hf.dummy_inputs),
+}
+
+
+def family_of(model: nn.Module) -> Family:
+    for fam in FAMILIES.values():
+        if isinstance(model, fam.module_cls):
+            return fam
+    raise TypeError(f"no checkpoint family for {type(model).__name__}")
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local directory as is; otherwise an HF hub id through `huggingface_hub` (its cache,
+    `HF_HUB_OFFLINE` and token settings apply)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is a file; from_pretrained takes a checkpoint directory or a hub id")
+    from huggingface_hub import snapshot_download
+
+    repo = str(name_or_path)
+    directory = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"]))
+    try:
+        ckpt.weight_files(directory)
+    except FileNotFoundError:  # an older repo with PyTorch weights only
+        directory = Path(snapshot_download(repo, allow_patterns=["config.json", "pytorch_model*.bin*"]))
+    return directory
+
+
+def read_config(directory: Path) -> tuple[Family, Any, dict]:
+    cfg_file = directory / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    hf = json.loads(cfg_file.read_text())
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")
+    fam = FAMILIES[model_type]
+    return fam, fam.config_cls.from_hf_config(hf), hf
+
+
+def loop_shapes(model: nn.Module, fam: Family) -> dict[str, tuple[int, ...]]:
+    """Flat `path -> shape` of the model's params in the loop layout (what the key tables use)."""
+    loop = model.clone(scan=False, parent=None)
+    abstract = jax.eval_shape(lambda: loop.init(jax.random.key(0), *fam.dummy_inputs(model.config)))
+    return {k: v.shape for k, v in ckpt.flatten_tree(nn.unbox(abstract["params"])).items()}
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = None,
+    attention_fn: Callable | None = None,
+    scan: bool = True,
+    remat_policy: str = "none",
+    dont_load: Sequence[str] = (),
+    rng: jax.Array | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = "fsdp",
+    **config_overrides: Any,
+) -> tuple[nn.Module, dict]:
+    """Load an HF checkpoint (directory or hub id) as `(module, variables)`.
+
+    `param_dtype=None` keeps the stored dtype (bf16 stays bf16). `dont_load` lists regexes
+    over Linen parameter paths (e.g. `["head/.*"]`) that are initialised from `rng` instead of
+    read (a fine-tuning head with `num_labels=...` among `config_overrides`); every other
+    missing, unexpected or mis-shaped key is an error. With `mesh`, each parameter is placed
+    on its sharding under `rules` as soon as it is read.
+    """
+    directory = resolve_checkpoint_dir(name_or_path)
+    fam, config, _ = read_config(directory)
+    if config_overrides:
+        config = dataclasses.replace(config, **config_overrides)
+    model = fam.module_cls(config, attention_fn=attention_fn, dtype=dtype,
+                           param_dtype=param_dtype or jnp.float32, scan=scan, remat_policy=remat_policy)
+    expected = loop_shapes(model, fam)
+    flat = ckpt.hf_to_linen(dict(ckpt.read_state_dict(directory)), fam.keymap(config), expected, dont_load)
+    if param_dtype is not None:
+        flat = {k: v.astype(param_dtype) for k, v in flat.items()}
+    if len(flat) < len(expected):  # dont_load entries: take them from a fresh init
+        init = model.clone(scan=False, parent=None).init(
+            rng if rng is not None else jax.random.key(0), *fam.dummy_inputs(config))
+        fresh = ckpt.flatten_tree(nn.unbox(init["params"]))
+        flat.update({k: np.asarray(fresh[k]) for k in expected if k not in flat})
+    params = ckpt.unflatten_tree(flat)
+    if scan:
+        params = loop_to_scan(params)
+    if mesh is not None:
+        from jimm_linen.partitioning import param_shardings
+        shardings = param_shardings(model, *fam.dummy_inputs(config), mesh=mesh, rules=rules)
+        params = jax.tree.map(jax.device_put, params, shardings)
+    else:
+        params = jax.tree.map(jnp.asarray, params)
+    return model, {"params": params}
+
+
+def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLike,
+                    max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write `config.json` + safetensors that `transformers` `from_pretrained` reads."""
+    fam = family_of(model)
+    params = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
+    if model.scan:
+        params = scan_to_loop(params, model.config.num_hidden_layers)
+    state = ckpt.linen_to_hf(ckpt.flatten_tree(params), fam.keymap(model.config))
+    out = Path(out_dir)
+    ckpt.write_state_dict(state, out, max_shard_bytes)
+    hf = model.config.to_hf_config()
+    dtypes = {str(a.dtype) for a in state.values()}
+    hf["dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
+    (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+    return out

@@ -112,11 +112,12 @@ def _template_regex(template: str) -> re.Pattern:
 
 
 class KeyMap:
-    """Both directions of a rule table."""
+    """Both directions of a rule table. `aliases` are extra HF names accepted when reading
+    (e.g. the module names of `transformers` 5's in-memory state dicts); writing uses `rules`."""
 
-    def __init__(self, rules: Iterable[Rule]):
+    def __init__(self, rules: Iterable[Rule], aliases: Iterable[Rule] = ()):
         self.rules = tuple(rules)
-        self._hf = [(_template_regex(r.hf), r) for r in self.rules]
+        self._hf = [(_template_regex(r.hf), r) for r in (*self.rules, *aliases)]
         self._linen = [(_template_regex(r.linen), r) for r in self.rules]
 
     @staticmethod
@@ -171,7 +172,7 @@ def hf_to_linen(
     """
     skip = [re.compile(p) for p in dont_load]
     skipped = lambda path: any(p.fullmatch(path) for p in skip)  # noqa: E731
-    out, unexpected, misshaped = {}, [], []
+    out, source, unexpected, misshaped, duplicated = {}, {}, [], [], []
     for hf_key, tensor in state.items():
         target = keymap.to_linen_path(hf_key)
         if target is None or target[0] not in expected:
@@ -180,6 +181,10 @@ def hf_to_linen(
         path, transform = target
         if skipped(path):
             continue
+        if path in source:
+            duplicated.append(f"{source[path]} and {hf_key} (-> {path})")
+            continue
+        source[path] = hf_key
         want = transform.hf_shape(tuple(expected[path]))
         if tuple(tensor.shape) != want:
             misshaped.append(f"{hf_key}: checkpoint {tuple(tensor.shape)}, model expects {want} (-> {path})")
@@ -197,6 +202,8 @@ def hf_to_linen(
         problems.append(f"unexpected keys: {unexpected}")
     if misshaped:
         problems.append(f"mis-shaped keys: {misshaped}")
+    if duplicated:
+        problems.append(f"keys naming the same parameter: {duplicated}")
     if problems:
         raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems)
                               + ". Pass dont_load=[regex over model paths] to leave parts (e.g. the head) uninitialised from the checkpoint.")

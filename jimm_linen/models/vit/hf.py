@@ -39,6 +39,15 @@ VIT_LAYER_NAMES = dict(
 )
 
 
+# transformers 5 renames the modules in memory (and converts back when saving); a state dict
+# taken from a live model, e.g. `torch.save(model.state_dict())`, uses these names.
+VIT_LAYER_NAMES_V5 = dict(
+    ln_0="layernorm_before", ln_1="layernorm_after",
+    q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", o="attention.o_proj",
+    fc1="mlp.fc1", fc2="mlp.fc2",
+)
+
+
 def keymap(config: ViTConfig) -> KeyMap:
     p = "vit." if config.num_labels else ""  # ViTForImageClassification nests the backbone
     return KeyMap([
@@ -50,7 +59,7 @@ def keymap(config: ViTConfig) -> KeyMap:
         *norm(f"{p}layernorm", "Transformer/encoder_norm"),
         *linear(f"{p}pooler.dense", "pre_logits"),
         *linear("classifier", "head"),
-    ])
+    ], aliases=encoder_rules(f"{p}layers.{{i}}", "Transformer/encoderblock_{i}", VIT_LAYER_NAMES_V5))
 
 
 def dummy_inputs(config: ViTConfig):

@@ -1,0 +1,61 @@
+"""The `jimm` command line: `jimm parity [PATH ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _parity(args) -> int:
+    from jimm_linen import parity
+
+    paths = tuple(p for p in args.paths.split(",") if p)
+    unknown = set(paths) - set(parity.RUNNERS)
+    if unknown:
+        print(f"unknown --paths {sorted(unknown)}; choose from {sorted(parity.RUNNERS)}", file=sys.stderr)
+        return 2
+    results = []
+    if args.checkpoints:
+        for ckpt in args.checkpoints:
+            results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch, args.image_size)
+    else:
+        configs = dict(parity.VIT_CONFIGS)
+        if args.full:
+            configs["vit-b16"] = parity.VIT_B16
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (name, cfg) in enumerate(configs.items()):
+                directory = Path(tmp) / name
+                parity.build_vit_reference(cfg, directory, seed=i)
+                results += parity.check_directory(name, directory, paths, args.batch)
+                # The same checkpoint at another resolution, through interpolate_pos_encoding.
+                larger = cfg["image_size"] + 2 * cfg["patch_size"]
+                results += parity.check_directory(f"{name}@{larger}px", directory, paths, args.batch, larger)
+    print(parity.format_table(results))
+    bad = [f"{r.name}/{r.path}" for r in results if not r.ok]
+    if bad:
+        print(f"\nout of tolerance (rel > {parity.RTOL:g}): {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print(f"\nall {len(results)} checks within rel {parity.RTOL:g} of HF Transformers (PyTorch)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jimm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("parity", help="compare jimm with HF Transformers' PyTorch models")
+    p.add_argument("checkpoints", nargs="*", type=Path,
+                   help="HF checkpoint directories; default: small random-weight reference models built here")
+    p.add_argument("--paths", default="linen,nnx", help="which jimm faces to check (default: linen,nnx)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=None, help="run at this resolution (interpolating positions)")
+    p.add_argument("--full", action="store_true", help="add the full-size ViT-B/16 config to the defaults")
+    args = parser.parse_args(argv)
+    if args.command == "parity":
+        return _parity(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,6 +46,16 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     return jnp.einsum("bnts,bsnh->btnh", probs, value)
 
 
+def _absl_flags_parsed() -> None:
+    """tokamax reads its options through absl flags and, if nobody parsed them yet, parses
+    `sys.argv` itself, which fails inside any program with its own arguments (pytest, our CLI).
+    Marking them parsed keeps every flag at its default (or what the program already set)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def make_tokamax_attention(impls: str | Sequence[str]) -> AttentionFn:
     """Attention through tokamax, using the first backend in `impls` that runs here.
 
@@ -56,6 +66,7 @@ def make_tokamax_attention(impls: str | Sequence[str]) -> AttentionFn:
     """
     import tokamax  # imported here so that models without tokamax attention never need it
 
+    _absl_flags_parsed()
     names = [impls] if isinstance(impls, str) else list(impls)
     if not names:
         raise ValueError("make_tokamax_attention needs at least one backend name")

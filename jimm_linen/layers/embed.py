@@ -47,8 +47,10 @@ class PatchEmbedding(nn.Module):
         b, h, w, c = images.shape
         kernel = self.param(
             "kernel",
+            # Distinct names per dim: Flax's logical_to_mesh_axes (and so `unbox` under a mesh)
+            # rejects a name that occurs twice in one array.
             nn.with_logical_partitioning(self.kernel_init or default_kernel_init(),
-                                         ("patch", "patch", "channels", "embed")),
+                                         ("patch_height", "patch_width", "channels", "embed")),
             (p, p, c, self.hidden_size), self.param_dtype,
         )
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),

@@ -194,3 +194,21 @@ def test_vit_model_with_pooler(tmp_path):
     again = ViTModel.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         assert max_rel_diff(again(torch.from_numpy(pixels)).pooler_output.numpy(), expected) <= 1e-6
+
+
+def test_transformers_v5_module_names_load_too(hf_dir, tmp_path):
+    """A state dict taken from a live transformers-5 model uses renamed modules."""
+    ref_model, _ = hf_dir
+    ref_model.config.save_pretrained(tmp_path)
+    state = {k: v.numpy() for k, v in ref_model.state_dict().items()}
+    assert any(".layers.0.attention.q_proj." in k for k in state)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model, variables = jimm_linen.from_pretrained(tmp_path)
+    pixels = parity.random_images(2, 16, 3)
+    assert max_rel_diff(model.apply(variables, jnp.asarray(nhwc(pixels))), _logits(ref_model, pixels)) <= 1e-5
+    # Both spellings of one tensor in one checkpoint is ambiguous: an error, not a silent pick.
+    both = load_file(tmp_path / "model.safetensors")
+    both["vit.encoder.layer.0.attention.attention.query.weight"] = both["vit.layers.0.attention.q_proj.weight"]
+    save_file(both, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="keys naming the same parameter"):
+        jimm_linen.from_pretrained(tmp_path)

@@ -1,0 +1,36 @@
+"""`jimm parity`: the main job on its embedded defaults, on a directory, and its exit status."""
+
+import subprocess
+import sys
+
+from jimm_linen import cli, parity
+from tests.helpers import TINY
+
+
+def test_parity_on_embedded_defaults(capsys):
+    assert cli.main(["parity"]) == 0
+    out = capsys.readouterr().out
+    for name in parity.VIT_CONFIGS:
+        assert f"| {name} " in out and f"| {name}@" in out
+    assert "| nnx " in out and "| linen " in out and "NO" not in out
+
+
+def test_parity_on_a_checkpoint_directory(tmp_path, capsys):
+    parity.build_vit_reference(TINY, tmp_path, seed=5)
+    assert cli.main(["parity", str(tmp_path), "--paths", "linen", "--image-size", "24"]) == 0
+    assert str(tmp_path) in capsys.readouterr().out
+
+
+def test_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
+    parity.build_vit_reference(TINY, tmp_path, seed=5)
+    monkeypatch.setattr(parity, "RTOL", 0.0)
+    monkeypatch.setattr(parity.ParityResult, "tol", 0.0)
+    assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 1
+    captured = capsys.readouterr()
+    assert "| NO " in captured.out and "out of tolerance" in captured.err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "jimm_linen.cli", "parity", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "HF checkpoint directories" in result.stdout

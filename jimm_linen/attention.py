@@ -35,15 +35,23 @@ def _combine_masks(mask, is_causal: bool, t: int, s: int):
     return mask
 
 
-def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = False):
-    """Exact softmax attention; logits and softmax in float32 whatever the input dtype."""
+def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = False,
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None):
+    """Exact softmax attention; logits and softmax in float32 whatever the input dtype.
+
+    `dropout_rate` / `dropout_rng` drop attention probabilities as HF does in training; only
+    this default function supports that (a fused kernel never materialises the probabilities).
+    """
     scale = query.shape[-1] ** -0.5
     logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32) * scale
     mask = _combine_masks(mask, is_causal, query.shape[1], key.shape[1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, value)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bnts,bsnh->btnh", probs.astype(value.dtype), value)
 
 
 def _absl_flags_parsed() -> None:

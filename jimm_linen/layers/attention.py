@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
@@ -13,22 +12,6 @@ from jimm_linen.attention import dot_product_attention
 from jimm_linen.layers.core import DenseGeneral, default_kernel_init
 
 ACT_HEADS = ("act_batch", "act_length", "act_heads", "act_kv")
-
-
-def _dropout_attention(query, key, value, mask, is_causal, rate, rng):
-    """The default attention with dropout on the probabilities, as HF does in training."""
-    scale = query.shape[-1] ** -0.5
-    logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32) * scale
-    if is_causal:
-        t, s = logits.shape[-2:]
-        causal = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
-        mask = causal if mask is None else jnp.logical_and(mask, causal)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(value.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, value)
 
 
 class MultiHeadAttention(nn.Module):
@@ -66,8 +49,9 @@ class MultiHeadAttention(nn.Module):
                     "attention-probability dropout in training needs the default attention; "
                     "set attention_dropout=0 to train with a custom attention_fn"
                 )
-            rng = self.make_rng("dropout")
-            out = _dropout_attention(q, k, v, mask, is_causal, self.attention_dropout, rng)
+            out = dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                        dropout_rate=self.attention_dropout,
+                                        dropout_rng=self.make_rng("dropout"))
         else:
             attention_fn = self.attention_fn or dot_product_attention
             out = attention_fn(q, k, v, mask=mask, is_causal=is_causal)

@@ -50,6 +50,12 @@ def test_scan_and_loop_give_same_outputs_and_gradients(scanned):
     jax.tree.map(np.testing.assert_array_equal, back, variables["params"])
 
 
+def test_layout_conversion_refuses_boxed_trees():
+    boxed = ViT(CFG).init(jax.random.key(0), IMAGES)["params"]
+    with pytest.raises(TypeError, match="unbox first"):
+        scan_to_loop(boxed)
+
+
 @pytest.fixture(scope="module")
 def baselines(scanned):
     model, variables = scanned

@@ -156,8 +156,16 @@ class Encoder(nn.Module):
 _LOOP_KEY = re.compile(r"^encoderblock_(\d+)$")
 
 
+def _check_unboxed(tree) -> None:
+    boxed = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    if any(isinstance(x, nn.meta.AxisMetadata) for x in boxed):
+        raise TypeError("layout conversion works on plain arrays; unbox first with flax.linen.unbox(tree) "
+                        "(the boxes' logical names would not follow the new layout)")
+
+
 def scan_to_loop(tree: dict, num_layers: int | None = None) -> dict:
     """Unstack every `encoderblock` subtree (leading `layers` axis) into `encoderblock_{i}`."""
+    _check_unboxed(tree)
     out = {}
     for k, v in tree.items():
         if k == "encoderblock":
@@ -175,6 +183,7 @@ def scan_to_loop(tree: dict, num_layers: int | None = None) -> dict:
 
 def loop_to_scan(tree: dict) -> dict:
     """Stack `encoderblock_{i}` subtrees into one `encoderblock` with a leading `layers` axis."""
+    _check_unboxed(tree)
     out, blocks = {}, {}
     for k, v in tree.items():
         m = _LOOP_KEY.match(k)

@@ -1,21 +1,51 @@
 """Logical axis names -> mesh shardings, with rule presets for a `("data", "fsdp", "tensor")` mesh.
 
-Rules are an ordered sequence of `(logical_name, mesh_axes)`; the first rule naming a logical
-axis wins (like `flax.linen.logical_to_mesh_axes` and T5X). Mesh axes the mesh does not have are
-dropped, a mesh axis already used by an earlier dimension of the same array is not reused, and
-for parameters a mesh axis that does not divide the dimension is dropped (that dimension stays
-replicated) so every preset works for every model size and mesh.
+Rules are an ordered sequence of `(logical_name, mesh_axes)` and are resolved exactly like
+`flax.linen.logical_to_mesh_axes` (and T5X): the rules are walked in order, and a rule gives its
+mesh axes to the array dimension it names if that dimension has no assignment yet and none of
+those mesh axes is taken by another dimension of the same array (so order is priority, and a
+later rule for the same name is a fallback). On top of that, so that every preset works for
+every model size and mesh:
+
+* mesh axes the mesh does not have are dropped (a rule left with none means "replicated");
+* for arrays of known shape (parameters, inputs), a mesh axis that does not divide the
+  dimension is dropped, and when none is left the rule does not apply (a later rule for that
+  name may), so a non-divisible dimension is replicated instead of raising.
+
+Activations are constrained inside the models with `nn.with_logical_constraint`; those
+constraints act only under `activation_sharding(mesh, rules)` (no mesh: the model runs
+unsharded, the constraints are no-ops). Uneven activation shardings are fine for XLA.
+
+Linen models compute with Auto mesh axes (under Explicit axes `with_sharding_constraint` is an
+assert and many ops need `out_sharding=`), while `jax.make_mesh` now makes Explicit axes. So
+every function here that builds `NamedSharding`s or sets the mesh uses `auto_mesh(mesh)`: the
+same devices and axis names with Auto axis types. Place inputs with `data_sharding` (or on
+`auto_mesh(mesh)` yourself) so that they live on the same mesh as the parameters.
+
+A typical sharded forward pass::
+
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    p_sh = param_shardings(model, images, mesh=mesh, rules="fsdp_tp")
+    x_sh = data_sharding(images.shape, mesh, "fsdp_tp")
+    params = shard_params(params, p_sh)
+    with activation_sharding(mesh, "fsdp_tp"):   # must be active while jit traces
+        logits = jax.jit(lambda p, x: model.apply({"params": p}, x),
+                         in_shardings=(p_sh, x_sh))(params, jax.device_put(images, x_sh))
+
+Trap: the logical rules are thread-local Flax state, not part of `jax.jit`'s cache key: a jitted
+function first traced outside `activation_sharding` keeps running without the constraints.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -45,13 +75,12 @@ def get_rules(rules: str | Sequence[tuple[str, Any]]) -> Rules:
     return tuple((name, axes) for name, axes in rules)
 
 
-def rules_for_mesh(rules, mesh: Mesh) -> Rules:
-    """The rules with mesh axes this mesh lacks removed (for `nn.logical_axis_rules`)."""
-    out = []
-    for name, axes in get_rules(rules):
-        kept = tuple(a for a in _as_tuple(axes) if a in mesh.axis_names)
-        out.append((name, kept if len(kept) > 1 else (kept[0] if kept else None)))
-    return tuple(out)
+def auto_mesh(mesh):
+    """`mesh` (a `Mesh` or an `AbstractMesh`) with every axis of type Auto (the same object when
+    it already is)."""
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return mesh.update(axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
 def _as_tuple(axes) -> tuple[str, ...]:
@@ -60,26 +89,49 @@ def _as_tuple(axes) -> tuple[str, ...]:
     return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
 
 
+def _pack(axes: Sequence[str]):
+    return tuple(axes) if len(axes) > 1 else (axes[0] if axes else None)
+
+
+def rules_for_mesh(rules, mesh: Mesh) -> Rules:
+    """The rules with mesh axes this mesh lacks removed (for `nn.logical_axis_rules`)."""
+    return tuple((name, _pack([a for a in _as_tuple(axes) if a in mesh.axis_names]))
+                 for name, axes in get_rules(rules))
+
+
 def logical_to_spec(names: Sequence[str | None], rules, mesh: Mesh,
                     shape: Sequence[int] | None = None) -> PartitionSpec:
-    """The PartitionSpec for one array whose dims carry `names`."""
-    table: dict[str, tuple[str, ...]] = {}
-    for name, axes in get_rules(rules):
-        table.setdefault(name, _as_tuple(axes))
+    """The PartitionSpec for one array whose dims carry the logical `names`.
+
+    Without `shape` this is `nn.logical_to_mesh_axes(names, rules_for_mesh(rules, mesh))`;
+    with it, mesh axes that do not divide their dimension are dropped (see the module doc).
+    """
+    names = tuple(names)
+    if shape is not None and len(shape) != len(names):
+        raise ValueError(f"{len(names)} logical names {names} for an array of shape {tuple(shape)}")
+    assigned: list[tuple[str, ...] | None] = [None] * len(names)  # None: no rule applied yet
     used: set[str] = set()
-    spec = []
-    for dim, name in enumerate(names):
-        axes = [a for a in table.get(name, ()) if a in mesh.axis_names and a not in used]
-        if shape is not None:
+    for name, axes in get_rules(rules):
+        if name is None or name not in names:
+            continue
+        dim = names.index(name)
+        if assigned[dim] is not None:
+            continue
+        axes = [a for a in _as_tuple(axes) if a in mesh.axis_names]
+        if used.intersection(axes):
+            continue  # like Flax: a rule whose mesh axes are taken is skipped whole
+        if shape is not None and axes:
             kept, size = [], 1
             for a in axes:
                 if shape[dim] % (size * mesh.shape[a]) == 0:
                     kept.append(a)
                     size *= mesh.shape[a]
+            if not kept:
+                continue  # nothing divides this dim: leave it to a later rule, else replicate
             axes = kept
+        assigned[dim] = tuple(axes)
         used.update(axes)
-        spec.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
-    return PartitionSpec(*spec)
+    return PartitionSpec(*(_pack(a or ()) for a in assigned))
 
 
 def _is_boxed(x) -> bool:
@@ -97,29 +149,69 @@ def logical_axes(module: nn.Module, *inputs, **kwargs):
     return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=_is_boxed)
 
 
+def tree_specs(tree, mesh: Mesh, rules="fsdp"):
+    """PartitionSpecs for any tree whose leaves are `nn.LogicallyPartitioned` boxes (concrete
+    or abstract: boxed params, or an optax state built from boxed params); unboxed leaves
+    (e.g. optax's step count) are replicated. The result has the unboxed tree's structure."""
+    def spec(leaf):
+        if _is_boxed(leaf):
+            return logical_to_spec(leaf.names, rules, mesh, leaf.value.shape)
+        return PartitionSpec()
+    return jax.tree.map(spec, tree, is_leaf=_is_boxed)
+
+
+def tree_shardings(tree, mesh: Mesh, rules="fsdp"):
+    """`tree_specs` as NamedShardings on `auto_mesh(mesh)`."""
+    amesh = auto_mesh(mesh)
+    return jax.tree.map(lambda s: NamedSharding(amesh, s), tree_specs(tree, mesh, rules),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
 def param_specs(module: nn.Module, *inputs, mesh: Mesh, rules="fsdp", **kwargs):
     """PartitionSpecs for `variables["params"]` on `mesh` under `rules`."""
-    boxed = abstract_variables(module, *inputs, **kwargs)["params"]
-    return jax.tree.map(lambda b: logical_to_spec(b.names, rules, mesh, b.value.shape),
-                        boxed, is_leaf=_is_boxed)
+    return tree_specs(abstract_variables(module, *inputs, **kwargs)["params"], mesh, rules)
 
 
 def param_shardings(module: nn.Module, *inputs, mesh: Mesh, rules="fsdp", **kwargs):
     """NamedShardings for `variables["params"]`: use as `jit` out_shardings or for `device_put`."""
-    specs = param_specs(module, *inputs, mesh=mesh, rules=rules, **kwargs)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return tree_shardings(abstract_variables(module, *inputs, **kwargs)["params"], mesh, rules)
 
 
-def shard_params(params, shardings):
-    """Place a params tree on its shardings (leaf by leaf, so no leaf is copied twice)."""
-    return jax.tree.map(jax.device_put, params, shardings)
+def optimizer_shardings(tx, module: nn.Module, *inputs, mesh: Mesh, rules="fsdp", **kwargs):
+    """NamedShardings for `tx.init(params)` (an optax `GradientTransformation`): moments get
+    their parameter's sharding, scalars (step counts) are replicated."""
+    boxed = abstract_variables(module, *inputs, **kwargs)["params"]
+    return tree_shardings(jax.eval_shape(tx.init, boxed), mesh, rules)
+
+
+def data_sharding(shape: Sequence[int], mesh: Mesh, rules="fsdp",
+                  names: Sequence[str | None] | None = None) -> NamedSharding:
+    """The sharding of an input batch: dim 0 is `batch` (unless `names` says otherwise), the
+    rest replicated; a batch the mesh axes do not divide stays replicated."""
+    names = tuple(names) if names is not None else ("batch",) + (None,) * (len(shape) - 1)
+    return NamedSharding(auto_mesh(mesh), logical_to_spec(names, rules, mesh, shape))
+
+
+def shard_params(params, shardings, *, copy: bool = False):
+    """Place a params tree on its shardings (leaf by leaf, so no leaf is copied twice).
+
+    The placed arrays may share device buffers with `params` (a leaf already on a device keeps
+    that buffer as its shard there), so donating them to a jitted step also deletes those
+    leaves of `params`; `copy=True` gives the placed tree buffers of its own. (In jax 0.10,
+    `device_put(..., may_alias=False)` still reuses the source buffer for a replicated shard,
+    hence the explicit copy.)
+    """
+    def place(x, s):
+        y = jax.device_put(x, s)
+        return jnp.copy(y) if copy else y
+    return jax.tree.map(place, params, shardings)
 
 
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules="fsdp"):
-    """Context for `apply` so that the activations' logical constraints use `rules` on `mesh`."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for_mesh(rules, mesh)):
+    """Context for tracing `apply` so that the activations' logical constraints use `rules` on
+    `mesh` (as an Auto mesh). It must be active when `jax.jit` traces the function."""
+    with jax.set_mesh(auto_mesh(mesh)), nn.logical_axis_rules(rules_for_mesh(rules, mesh)):
         yield
 
 
@@ -131,10 +223,10 @@ def t5x_params_axes(axes_tree):
     def convert(node):
         out = {}
         for k, v in node.items():
-            if isinstance(v, dict):
+            if isinstance(v, Mapping):
                 out[k] = convert(v)
             else:
                 out[f"{k}_axes"] = AxisMetadata(names=tuple(v))
         return out
 
-    return convert(dict(axes_tree))
+    return convert(axes_tree)

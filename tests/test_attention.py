@@ -47,20 +47,27 @@ def test_backend_matches_default(impls, masking):
         np.testing.assert_allclose(g, r, **TOL)
 
 
+CFG = ViTConfig(**TINY)
+IMAGES = jnp.asarray(RNG.randn(2, 16, 16, 3), jnp.float32)
+
+
+def _forward_and_grad(model, params):
+    loss = lambda p: jnp.sum(model.apply({"params": p}, IMAGES) ** 2)  # noqa: E731
+    return model.apply({"params": params}, IMAGES), jax.jit(jax.grad(loss))(params)
+
+
+@pytest.fixture(scope="module")
+def default_model_run():
+    params = ViT(CFG).init(jax.random.key(0), IMAGES)["params"]
+    return params, _forward_and_grad(ViT(CFG), params)
+
+
 @pytest.mark.parametrize("impls", CPU_BACKENDS, ids=str)
-def test_backend_in_the_model(impls):
-    cfg = ViTConfig(**TINY)
-    images = jnp.asarray(RNG.randn(2, 16, 16, 3), jnp.float32)
-    variables = ViT(cfg).init(jax.random.key(0), images)
-    model = ViT(cfg, attention_fn=make_tokamax_attention(impls))
-
-    def loss(m, params):
-        return jnp.sum(m.apply({"params": params}, images) ** 2)
-
-    np.testing.assert_allclose(model.apply(variables, images), ViT(cfg).apply(variables, images), **TOL)
-    g = jax.jit(jax.grad(lambda p: loss(model, p)))(variables["params"])
-    r = jax.jit(jax.grad(lambda p: loss(ViT(cfg), p)))(variables["params"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, r)
+def test_backend_in_the_model(default_model_run, impls):
+    params, (ref_out, ref_grad) = default_model_run
+    out, grad = _forward_and_grad(ViT(CFG, attention_fn=make_tokamax_attention(impls)), params)
+    np.testing.assert_allclose(out, ref_out, **TOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), grad, ref_grad)
 
 
 def test_unknown_backend_is_named():

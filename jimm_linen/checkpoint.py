@@ -7,13 +7,14 @@ Linen direction and the Linen -> HF direction are both derived from the same rul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -159,21 +160,32 @@ def unflatten_tree(flat: Mapping[str, object]) -> dict:
     return tree
 
 
-def hf_to_linen(
-    state: Mapping[str, np.ndarray],
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one Linen parameter comes from: an HF key and the transform to apply."""
+
+    hf_key: str
+    transform: Transform
+
+
+def plan_load(
+    shapes: Mapping[str, tuple[int, ...]],
     keymap: KeyMap,
     expected: Mapping[str, tuple[int, ...]],
     dont_load: Sequence[str] = (),
-) -> dict[str, np.ndarray]:
-    """Map an HF state dict onto the expected flat Linen paths (loop layout), strictly.
+) -> dict[str, Source]:
+    """Match a checkpoint's `key -> shape` against the model's flat Linen paths (loop layout),
+    strictly, without reading any tensor.
 
     `dont_load`: regexes over Linen paths (e.g. `"head/.*"`) that may be absent from the
-    checkpoint or mismatched; those entries are skipped and left to the caller.
+    checkpoint or mismatched; those paths get no source and are left to the caller.
     """
     skip = [re.compile(p) for p in dont_load]
     skipped = lambda path: any(p.fullmatch(path) for p in skip)  # noqa: E731
-    out, source, unexpected, misshaped, duplicated = {}, {}, [], [], []
-    for hf_key, tensor in state.items():
+    plan: dict[str, Source] = {}
+    unexpected, misshaped, duplicated = [], [], []
+    seen: dict[str, str] = {}  # path -> the HF key that claimed it
+    for hf_key, shape in shapes.items():
         target = keymap.to_linen_path(hf_key)
         if target is None or target[0] not in expected:
             unexpected.append(hf_key)
@@ -181,18 +193,18 @@ def hf_to_linen(
         path, transform = target
         if skipped(path):
             continue
-        if path in source:
-            duplicated.append(f"{source[path]} and {hf_key} (-> {path})")
+        if path in seen:
+            duplicated.append(f"{seen[path]} and {hf_key} (-> {path})")
             continue
-        source[path] = hf_key
+        seen[path] = hf_key
         want = transform.hf_shape(tuple(expected[path]))
-        if tuple(tensor.shape) != want:
-            misshaped.append(f"{hf_key}: checkpoint {tuple(tensor.shape)}, model expects {want} (-> {path})")
+        if tuple(shape) != want:
+            misshaped.append(f"{hf_key}: checkpoint {tuple(shape)}, model expects {want} (-> {path})")
             continue
-        out[path] = transform.to_linen(np.asarray(tensor), tuple(expected[path]))
+        plan[path] = Source(hf_key, transform)
     missing = []
     for path in expected:
-        if path not in out and not skipped(path):
+        if path not in seen and not skipped(path):
             hf = keymap.to_hf_key(path)
             missing.append(f"{hf[0] if hf else '<no HF key>'} (-> {path})")
     problems = []
@@ -207,7 +219,7 @@ def hf_to_linen(
     if problems:
         raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems)
                               + ". Pass dont_load=[regex over model paths] to leave parts (e.g. the head) uninitialised from the checkpoint.")
-    return out
+    return plan
 
 
 def linen_to_hf(flat: Mapping[str, np.ndarray], keymap: KeyMap) -> dict[str, np.ndarray]:
@@ -226,7 +238,7 @@ def linen_to_hf(flat: Mapping[str, np.ndarray], keymap: KeyMap) -> dict[str, np.
 
 # --- files -------------------------------------------------------------------------------
 
-def _progress(items, total_bytes: int, desc: str):
+def progress(items, total_bytes: int, desc: str):
     show = sys.stderr.isatty() and total_bytes >= PROGRESS_MIN_BYTES
     if not show:
         return items
@@ -255,24 +267,53 @@ def weight_files(directory: Path) -> list[Path]:
     )
 
 
-def read_state_dict(directory: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield `(key, array)` one tensor at a time (bf16 stays bf16, via ml_dtypes)."""
-    files = weight_files(Path(directory))
-    total = sum(f.stat().st_size for f in files)
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(f, framework="np") as reader:
-                for key in _progress(list(reader.keys()), total, f"loading {f.name}"):
-                    yield key, reader.get_tensor(key)
-        else:
-            try:
-                import torch
-            except ImportError:
-                raise ImportError(f"{f} is a PyTorch checkpoint; reading it needs torch installed") from None
-            state = torch.load(f, map_location="cpu", weights_only=True)
-            for key in _progress(list(state), total, f"loading {f.name}"):
-                yield key, _torch_to_numpy(state.pop(key))
+class StateReader:
+    """A lazy view of an HF checkpoint directory: `shapes` without reading data, `get(key)` reads
+    one tensor (bf16 stays bf16, via ml_dtypes). Use as a context manager."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.files = weight_files(Path(directory))
+        self.total_bytes = sum(f.stat().st_size for f in self.files)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._where: dict[str, object] = {}
+        self._stack = contextlib.ExitStack()
+        for f in self.files:
+            if f.suffix == ".safetensors":
+                from safetensors import safe_open
+                handle = self._stack.enter_context(safe_open(f, framework="np"))
+                for key in handle.keys():
+                    self.shapes[key] = tuple(handle.get_slice(key).get_shape())
+                    self._where[key] = handle
+            else:
+                state = _torch_load(f)
+                for key, tensor in state.items():
+                    self.shapes[key] = tuple(tensor.shape)
+                    self._where[key] = state
+
+    def get(self, key: str) -> np.ndarray:
+        where = self._where[key]
+        if isinstance(where, dict):
+            return _torch_to_numpy(where[key])
+        return where.get_tensor(key)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._where.clear()
+
+    def __enter__(self) -> "StateReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _torch_load(f: Path) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{f} is a PyTorch checkpoint; reading it needs torch installed") from None
+    # mmap: tensors are paged in when read, not all at once.
+    return torch.load(f, map_location="cpu", weights_only=True, mmap=True)
 
 
 def write_state_dict(state: Mapping[str, np.ndarray], directory: str | os.PathLike,
@@ -295,7 +336,7 @@ def write_state_dict(state: Mapping[str, np.ndarray], directory: str | os.PathLi
         save_file(shards[0], directory / SAFE_WEIGHTS, metadata={"format": "pt"})
         return
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in _progress(list(zip(names, shards)), total, "saving"):
+    for name, shard in progress(list(zip(names, shards)), total, "saving"):
         save_file(shard, directory / name, metadata={"format": "pt"})
     index = {"metadata": {"total_size": total},
              "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}

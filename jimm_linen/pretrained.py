@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jimm_linen import checkpoint as ckpt
-from jimm_linen.layers import loop_to_scan, scan_to_loop
+from jimm_linen.layers import scan_to_loop
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit import hf as vit_hf
 
@@ -108,25 +109,53 @@ def from_pretrained(
         config = dataclasses.replace(config, **config_overrides)
     model = fam.module_cls(config, attention_fn=attention_fn, dtype=dtype,
                            param_dtype=param_dtype or jnp.float32, scan=scan, remat_policy=remat_policy)
+    inputs = fam.dummy_inputs(config)
     expected = loop_shapes(model, fam)
-    flat = ckpt.hf_to_linen(dict(ckpt.read_state_dict(directory)), fam.keymap(config), expected, dont_load)
-    if param_dtype is not None:
-        flat = {k: v.astype(param_dtype) for k, v in flat.items()}
-    if len(flat) < len(expected):  # dont_load entries: take them from a fresh init
-        init = model.clone(scan=False, parent=None).init(
-            rng if rng is not None else jax.random.key(0), *fam.dummy_inputs(config))
-        fresh = ckpt.flatten_tree(nn.unbox(init["params"]))
-        flat.update({k: np.asarray(fresh[k]) for k in expected if k not in flat})
-    params = ckpt.unflatten_tree(flat)
-    if scan:
-        params = loop_to_scan(params)
+    shardings = {}
     if mesh is not None:
         from jimm_linen.partitioning import param_shardings
-        shardings = param_shardings(model, *fam.dummy_inputs(config), mesh=mesh, rules=rules)
-        params = jax.tree.map(jax.device_put, params, shardings)
-    else:
-        params = jax.tree.map(jnp.asarray, params)
-    return model, {"params": params}
+        shardings = ckpt.flatten_tree(param_shardings(model, *inputs, mesh=mesh, rules=rules))
+
+    with ckpt.StateReader(directory) as reader:
+        plan = ckpt.plan_load(reader.shapes, fam.keymap(config), expected, dont_load)
+        fresh = {}
+        if len(plan) < len(expected):  # dont_load entries: take them from a fresh init
+            init = model.clone(scan=False, parent=None).init(
+                rng if rng is not None else jax.random.key(0), *inputs)
+            fresh = {k: v for k, v in ckpt.flatten_tree(nn.unbox(init["params"])).items() if k not in plan}
+
+        def read(path: str) -> np.ndarray:
+            if path in fresh:
+                return np.asarray(fresh[path])
+            src = plan[path]
+            return src.transform.to_linen(reader.get(src.hf_key), tuple(expected[path]))
+
+        # One target leaf at a time (a scanned leaf stacks its layers), placed on its sharding
+        # right away, so the host holds one leaf beside the memory-mapped files.
+        leaves = target_leaves(expected, scan)
+        flat = {}
+        for path, sources in ckpt.progress(list(leaves.items()), reader.total_bytes, "loading"):
+            stacked = sources != [path]  # a scanned leaf made of its layers' parameters
+            value = np.stack([read(p) for p in sources]) if stacked else read(sources[0])
+            if param_dtype is not None:
+                value = value.astype(param_dtype)
+            flat[path] = jax.device_put(value, shardings[path]) if mesh is not None else jnp.asarray(value)
+    return model, {"params": ckpt.unflatten_tree(flat)}
+
+
+_BLOCK = re.compile(r"/encoderblock_(\d+)/")
+
+
+def target_leaves(loop_paths, scan: bool) -> dict[str, list[str]]:
+    """Final parameter path -> the loop-layout paths it is made of (in layer order)."""
+    if not scan:
+        return {p: [p] for p in loop_paths}
+    groups: dict[str, dict[int, str]] = {}
+    for p in loop_paths:
+        m = _BLOCK.search(p)
+        key = _BLOCK.sub("/encoderblock/", p) if m else p
+        groups.setdefault(key, {})[int(m.group(1)) if m else -1] = p
+    return {k: [v[i] for i in sorted(v)] for k, v in groups.items()}
 
 
 def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLike,

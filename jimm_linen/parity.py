@@ -110,7 +110,7 @@ class ParityResult:
     argmax_agree: float  # fraction of rows whose argmax matches
     worst_layer: int
     worst_layer_rel: float
-    tol: float = RTOL
+    tol: float
 
     @property
     def ok(self) -> bool:
@@ -130,7 +130,7 @@ def compare(name: str, path: str, ours, ref, ours_layers, ref_layers) -> ParityR
     return ParityResult(
         name=name, path=path, max_abs=max_abs, rel=max_abs / max(1.0, float(np.abs(ref).max())),
         argmax_agree=float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
-        worst_layer=worst, worst_layer_rel=layer_rel[worst],
+        worst_layer=worst, worst_layer_rel=layer_rel[worst], tol=RTOL,
     )
 
 

@@ -1,0 +1,8 @@
+"""jimm's NNX API (`VisionTransformer.from_pretrained(...)`, `from_config`, `save_pretrained`,
+`sharding=`), built from the `jimm_linen` models through `bridge`: no model math lives here."""
+
+from jimm_linen import make_tokamax_attention
+from jimm_nnx.models import VisionTransformer
+from jimm_nnx.sharding import NoSharding, Sharding
+
+__all__ = ["NoSharding", "Sharding", "VisionTransformer", "make_tokamax_attention"]

@@ -93,8 +93,9 @@ def test_unknown_remat_policy():
         remat_policy("save:not_a_tag")
 
 
-# bf16 compute with float32 params: documented bound on logits, relative to max |logit|.
-BF16_BOUND = 5e-2
+# bf16 compute: documented bound on logits, relative to max |logit| (bf16 keeps 8 mantissa
+# bits, eps 7.8e-3). Measured: 7e-4 here, 9e-3 on ViT-B/16 (tests/parity).
+BF16_BOUND = 2e-2
 
 
 def test_bfloat16_stays_close_to_float32(scanned):

@@ -11,6 +11,7 @@ import jimm_linen
 from jimm_linen import parity
 
 TOL = 1e-5
+BF16_BOUND = 2e-2  # as in tests/test_linen_vit.py and the README
 
 
 def assert_close(ours, ref, what):
@@ -81,6 +82,11 @@ def test_vit_b16_matches_pytorch(tmp_path):
     model, variables = jimm_linen.from_pretrained(tmp_path)
     out = model.apply(variables, jnp.asarray(pixels.transpose(0, 2, 3, 1)), return_hidden_states=True)
     assert_parity(out, ref_logits, ref_hidden)
+    # bf16 compute against the float32 reference, within the documented bf16 bound.
+    bf16, _ = jimm_linen.from_pretrained(tmp_path, dtype=jnp.bfloat16)
+    logits = bf16.apply(variables, jnp.asarray(pixels.transpose(0, 2, 3, 1)))
+    assert logits.dtype == jnp.bfloat16
+    assert np.abs(np.asarray(logits, np.float32) - ref_logits).max() <= BF16_BOUND * max(1.0, np.abs(ref_logits).max())
     # Also at 384px through interpolate_pos_encoding, as fine-tuned checkpoints are used.
     pixels = parity.random_images(1, 384, 3, seed=1)
     ref_logits, ref_hidden = parity.reference_outputs(ref_model, pixels, interpolate_pos_encoding=True)

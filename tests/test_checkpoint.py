@@ -212,3 +212,18 @@ def test_transformers_v5_module_names_load_too(hf_dir, tmp_path):
     save_file(both, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="keys naming the same parameter"):
         jimm_linen.from_pretrained(tmp_path)
+
+
+def test_progress_bar_only_on_a_terminal_for_large_checkpoints(monkeypatch):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from jimm_linen import checkpoint
+
+    items = list(range(3))
+    assert checkpoint.progress(items, 10 * checkpoint.PROGRESS_MIN_BYTES, "x") is items  # not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert checkpoint.progress(items, checkpoint.PROGRESS_MIN_BYTES - 1, "x") is items  # small
+    bar = checkpoint.progress(items, checkpoint.PROGRESS_MIN_BYTES, "x")
+    assert isinstance(bar, tqdm) and list(bar) == items

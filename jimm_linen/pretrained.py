@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jimm_linen import checkpoint as ckpt
-from jimm_linen.layers import scan_to_loop
+from jimm_linen.layers import scan_groups, scan_to_loop
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit import hf as vit_hf
 
@@ -62,7 +61,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     return directory
 
 
-def read_config(directory: Path) -> tuple[Family, Any, dict]:
+def read_config(directory: Path) -> tuple[Family, Any]:
     cfg_file = directory / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"no config.json in {directory}")
@@ -71,7 +70,7 @@ def read_config(directory: Path) -> tuple[Family, Any, dict]:
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")
     fam = FAMILIES[model_type]
-    return fam, fam.config_cls.from_hf_config(hf), hf
+    return fam, fam.config_cls.from_hf_config(hf)
 
 
 def loop_shapes(model: nn.Module, fam: Family) -> dict[str, tuple[int, ...]]:
@@ -104,7 +103,7 @@ def from_pretrained(
     on its sharding under `rules` as soon as it is read.
     """
     directory = resolve_checkpoint_dir(name_or_path)
-    fam, config, _ = read_config(directory)
+    fam, config = read_config(directory)
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
     model = fam.module_cls(config, attention_fn=attention_fn, dtype=dtype,
@@ -132,7 +131,7 @@ def from_pretrained(
 
         # One target leaf at a time (a scanned leaf stacks its layers), placed on its sharding
         # right away, so the host holds one leaf beside the memory-mapped files.
-        leaves = target_leaves(expected, scan)
+        leaves = scan_groups(expected) if scan else {p: [p] for p in expected}
         flat = {}
         for path, sources in ckpt.progress(list(leaves.items()), reader.total_bytes, "loading"):
             stacked = sources != [path]  # a scanned leaf made of its layers' parameters
@@ -141,21 +140,6 @@ def from_pretrained(
                 value = value.astype(param_dtype)
             flat[path] = jax.device_put(value, shardings[path]) if mesh is not None else jnp.asarray(value)
     return model, {"params": ckpt.unflatten_tree(flat)}
-
-
-_BLOCK = re.compile(r"/encoderblock_(\d+)/")
-
-
-def target_leaves(loop_paths, scan: bool) -> dict[str, list[str]]:
-    """Final parameter path -> the loop-layout paths it is made of (in layer order)."""
-    if not scan:
-        return {p: [p] for p in loop_paths}
-    groups: dict[str, dict[int, str]] = {}
-    for p in loop_paths:
-        m = _BLOCK.search(p)
-        key = _BLOCK.sub("/encoderblock/", p) if m else p
-        groups.setdefault(key, {})[int(m.group(1)) if m else -1] = p
-    return {k: [v[i] for i in sorted(v)] for k, v in groups.items()}
 
 
 def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLike,

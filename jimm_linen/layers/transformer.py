@@ -154,6 +154,18 @@ class Encoder(nn.Module):
 
 
 _LOOP_KEY = re.compile(r"^encoderblock_(\d+)$")
+_LOOP_PATH = re.compile(r"(^|/)encoderblock_(\d+)/")
+
+
+def scan_groups(loop_paths) -> dict[str, list[str]]:
+    """For flat '/'-joined parameter paths in the loop layout: each scan-layout path and the
+    loop paths stacked into it, in layer order (paths outside the blocks map to themselves)."""
+    groups: dict[str, dict[int, str]] = {}
+    for p in loop_paths:
+        m = _LOOP_PATH.search(p)
+        key = _LOOP_PATH.sub(r"\1encoderblock/", p) if m else p
+        groups.setdefault(key, {})[int(m.group(2)) if m else -1] = p
+    return {k: [v[i] for i in sorted(v)] for k, v in groups.items()}
 
 
 def _check_unboxed(tree) -> None:

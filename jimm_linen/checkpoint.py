@@ -108,6 +108,33 @@ class Rule:
     transform: Transform = IDENTITY
 
 
+# Rule builders shared by the families' key tables.
+
+def linear(hf: str, linen: str, in_dims: int = 1, flat_bias: bool = False) -> list[Rule]:
+    return [Rule(f"{hf}.weight", f"{linen}/kernel", LinearKernel(in_dims)),
+            Rule(f"{hf}.bias", f"{linen}/bias", FLATTEN if flat_bias else IDENTITY)]
+
+
+def norm(hf: str, linen: str) -> list[Rule]:
+    return [Rule(f"{hf}.weight", f"{linen}/scale"), Rule(f"{hf}.bias", f"{linen}/bias")]
+
+
+def encoder_rules(hf_layer: str, linen_block: str, hf_names: dict[str, str]) -> list[Rule]:
+    """One `jimm_linen.layers.EncoderBlock`; `hf_names` gives the HF module names of its pieces
+    (keys ln_0, q, k, v, o, ln_1, fc1, fc2)."""
+    attn = f"{linen_block}/MultiHeadDotProductAttention_0"
+    return [
+        *norm(f"{hf_layer}.{hf_names['ln_0']}", f"{linen_block}/LayerNorm_0"),
+        *linear(f"{hf_layer}.{hf_names['q']}", f"{attn}/query", flat_bias=True),
+        *linear(f"{hf_layer}.{hf_names['k']}", f"{attn}/key", flat_bias=True),
+        *linear(f"{hf_layer}.{hf_names['v']}", f"{attn}/value", flat_bias=True),
+        *linear(f"{hf_layer}.{hf_names['o']}", f"{attn}/out", in_dims=2),
+        *norm(f"{hf_layer}.{hf_names['ln_1']}", f"{linen_block}/LayerNorm_1"),
+        *linear(f"{hf_layer}.{hf_names['fc1']}", f"{linen_block}/MlpBlock_0/Dense_0"),
+        *linear(f"{hf_layer}.{hf_names['fc2']}", f"{linen_block}/MlpBlock_0/Dense_1"),
+    ]
+
+
 def _template_regex(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
 

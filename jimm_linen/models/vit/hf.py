@@ -4,33 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jimm_linen.checkpoint import FLATTEN, IDENTITY, ConvKernel, KeyMap, LinearKernel, Rule
+from jimm_linen.checkpoint import ConvKernel, KeyMap, Rule, encoder_rules, linear, norm
 from jimm_linen.models.vit.config import ViTConfig
-
-
-def linear(hf: str, linen: str, in_dims: int = 1, flat_bias: bool = False) -> list[Rule]:
-    return [Rule(f"{hf}.weight", f"{linen}/kernel", LinearKernel(in_dims)),
-            Rule(f"{hf}.bias", f"{linen}/bias", FLATTEN if flat_bias else IDENTITY)]
-
-
-def norm(hf: str, linen: str) -> list[Rule]:
-    return [Rule(f"{hf}.weight", f"{linen}/scale"), Rule(f"{hf}.bias", f"{linen}/bias")]
-
-
-def encoder_rules(hf_layer: str, linen_block: str, hf_names: dict[str, str]) -> list[Rule]:
-    """One pre-LN transformer block; `hf_names` gives the HF module names of its pieces."""
-    attn = f"{linen_block}/MultiHeadDotProductAttention_0"
-    return [
-        *norm(f"{hf_layer}.{hf_names['ln_0']}", f"{linen_block}/LayerNorm_0"),
-        *linear(f"{hf_layer}.{hf_names['q']}", f"{attn}/query", flat_bias=True),
-        *linear(f"{hf_layer}.{hf_names['k']}", f"{attn}/key", flat_bias=True),
-        *linear(f"{hf_layer}.{hf_names['v']}", f"{attn}/value", flat_bias=True),
-        *linear(f"{hf_layer}.{hf_names['o']}", f"{attn}/out", in_dims=2),
-        *norm(f"{hf_layer}.{hf_names['ln_1']}", f"{linen_block}/LayerNorm_1"),
-        *linear(f"{hf_layer}.{hf_names['fc1']}", f"{linen_block}/MlpBlock_0/Dense_0"),
-        *linear(f"{hf_layer}.{hf_names['fc2']}", f"{linen_block}/MlpBlock_0/Dense_1"),
-    ]
-
 
 VIT_LAYER_NAMES = dict(
     ln_0="layernorm_before", ln_1="layernorm_after",

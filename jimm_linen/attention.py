@@ -43,7 +43,7 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     this default function supports that (a fused kernel never materialises the probabilities).
     """
     scale = query.shape[-1] ** -0.5
-    logits = jnp.einsum("btnh,bsnh->bnts", query, key).astype(jnp.float32) * scale
+    logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32) * scale
     mask = _combine_masks(mask, is_causal, query.shape[1], key.shape[1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)

@@ -205,21 +205,29 @@ def plan_load(
     strictly, without reading any tensor.
 
     `dont_load`: regexes over Linen paths (e.g. `"head/.*"`) that may be absent from the
-    checkpoint or mismatched; those paths get no source and are left to the caller.
+    checkpoint, mismatched, or present in the checkpoint but not in the model; those paths get
+    no source and are left to the caller. A pattern that matches nothing is an error (a typo
+    would otherwise change nothing).
     """
     skip = [re.compile(p) for p in dont_load]
-    skipped = lambda path: any(p.fullmatch(path) for p in skip)  # noqa: E731
+    used: set[str] = set()
+
+    def skipped(path: str) -> bool:
+        hits = {p.pattern for p in skip if p.fullmatch(path)}
+        used.update(hits)
+        return bool(hits)
+
     plan: dict[str, Source] = {}
     unexpected, misshaped, duplicated = [], [], []
     seen: dict[str, str] = {}  # path -> the HF key that claimed it
     for hf_key, shape in shapes.items():
         target = keymap.to_linen_path(hf_key)
+        if target is not None and skipped(target[0]):
+            continue  # e.g. a classifier the new config drops or resizes
         if target is None or target[0] not in expected:
             unexpected.append(hf_key)
             continue
         path, transform = target
-        if skipped(path):
-            continue
         if path in seen:
             duplicated.append(f"{seen[path]} and {hf_key} (-> {path})")
             continue
@@ -235,6 +243,9 @@ def plan_load(
             hf = keymap.to_hf_key(path)
             missing.append(f"{hf[0] if hf else '<no HF key>'} (-> {path})")
     problems = []
+    unused = [p.pattern for p in skip if p.pattern not in used]
+    if unused:
+        problems.append(f"dont_load pattern(s) {unused} match no model parameter and no checkpoint key")
     if missing:
         problems.append(f"missing keys: {missing}")
     if unexpected:
@@ -309,13 +320,25 @@ class StateReader:
                 from safetensors import safe_open
                 handle = self._stack.enter_context(safe_open(f, framework="np"))
                 for key in handle.keys():
+                    self._claim(key, f)
                     self.shapes[key] = tuple(handle.get_slice(key).get_shape())
                     self._where[key] = handle
             else:
                 state = _torch_load(f)
                 for key, tensor in state.items():
+                    self._claim(key, f)
                     self.shapes[key] = tuple(tensor.shape)
                     self._where[key] = state
+
+    def _claim(self, key: str, f: Path) -> None:
+        if key in self.shapes:
+            raise CheckpointError(f"key {key} is in more than one weight file (again in {f.name})")
+
+    def dtype(self, key: str) -> np.dtype:
+        where = self._where[key]
+        if isinstance(where, dict):
+            return _torch_to_numpy(where[key].reshape(-1)[:0]).dtype
+        return where.get_slice(key)[:0].dtype if self.shapes[key] else where.get_tensor(key).dtype
 
     def get(self, key: str) -> np.ndarray:
         where = self._where[key]

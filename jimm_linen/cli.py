@@ -13,13 +13,19 @@ def _parity(args) -> int:
 
     paths = tuple(p for p in args.paths.split(",") if p)
     unknown = set(paths) - set(parity.RUNNERS)
-    if unknown:
-        print(f"unknown --paths {sorted(unknown)}; choose from {sorted(parity.RUNNERS)}", file=sys.stderr)
+    if unknown or not paths:
+        print(f"--paths must name some of {sorted(parity.RUNNERS)}, got {args.paths!r}", file=sys.stderr)
+        return 2
+    if args.full and args.checkpoints:
+        print("--full adds ViT-B/16 to the embedded defaults; it does not apply to checkpoint directories",
+              file=sys.stderr)
         return 2
     results = []
     if args.checkpoints:
         for ckpt in args.checkpoints:
-            results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch, args.image_size)
+            results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch)
+            if args.image_size:
+                results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch, args.image_size)
     else:
         configs = dict(parity.VIT_CONFIGS)
         if args.full:
@@ -30,8 +36,8 @@ def _parity(args) -> int:
                 parity.build_vit_reference(cfg, directory, seed=i)
                 results += parity.check_directory(name, directory, paths, args.batch)
                 # The same checkpoint at another resolution, through interpolate_pos_encoding.
-                larger = cfg["image_size"] + 2 * cfg["patch_size"]
-                results += parity.check_directory(f"{name}@{larger}px", directory, paths, args.batch, larger)
+                other = args.image_size or cfg["image_size"] + 2 * cfg["patch_size"]
+                results += parity.check_directory(name, directory, paths, args.batch, other)
     print(parity.format_table(results))
     bad = [f"{r.name}/{r.path}" for r in results if not r.ok]
     if bad:
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="HF checkpoint directories; default: small random-weight reference models built here")
     p.add_argument("--paths", default="linen,nnx", help="which jimm faces to check (default: linen,nnx)")
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=None, help="run at this resolution (interpolating positions)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="also run at this resolution, interpolating position embeddings "
+                        "(default for the embedded models: two patches larger)")
     p.add_argument("--full", action="store_true", help="add the full-size ViT-B/16 config to the defaults")
     args = parser.parse_args(argv)
     if args.command == "parity":

@@ -30,6 +30,9 @@ def check_fields(hf: dict[str, Any], known: set[str], model_type: str) -> None:
     unknown = sorted(set(hf) - set(known) - HF_GENERIC_FIELDS)
     if unknown:
         raise ValueError(f"unknown config field(s) for model_type {model_type!r}: {unknown}")
+    if hf.get("pruned_heads"):
+        raise ValueError(f"pruned_heads {hf['pruned_heads']} is not supported: jimm models have "
+                         f"the same number of heads in every layer")
 
 
 def labels_from_hf(hf: dict[str, Any]) -> tuple[str, ...] | None:

@@ -169,11 +169,15 @@ RUNNERS = {"linen": linen_runner, "nnx": nnx_runner}
 
 def check_directory(name: str, directory: Path, paths=("linen", "nnx"), batch: int = 2,
                     image_size: int | None = None, seed: int = 0) -> list[ParityResult]:
-    """Run HF's model and jimm's (each path) on the same random images; one result per path."""
+    """Run HF's model and jimm's (each path) on the same random images; one result per path.
+    At an `image_size` other than the config's, position embeddings are interpolated and the
+    rows are named `name@<size>px`."""
     ref_model = load_reference(directory)
     cfg = ref_model.config
     size = image_size or cfg.image_size
     interpolate = size != cfg.image_size
+    if interpolate:
+        name = f"{name}@{size}px"
     pixels = random_images(batch, size, cfg.num_channels, seed)
     ref, ref_layers = reference_outputs(ref_model, pixels, interpolate)
     images = pixels.transpose(0, 2, 3, 1)

@@ -28,10 +28,12 @@ class Family:
     config_cls: type
     keymap: Callable[[Any], ckpt.KeyMap]
     dummy_inputs: Callable[[Any], tuple]
+    # (config, checkpoint keys) -> config: what config.json leaves out but the weights show.
+    adapt_config: Callable[[Any, Any], Any] = lambda config, keys: config
 
 
 FAMILIES: dict[str, Family] = {
-    "vit": Family(ViT, ViTConfig, vit_hf.keymap, vit_hf.dummy_inputs),
+    "vit": Family(ViT, ViTConfig, vit_hf.keymap, vit_hf.dummy_inputs, vit_hf.adapt_config),
 }
 
 
@@ -104,31 +106,34 @@ def from_pretrained(
     """
     directory = resolve_checkpoint_dir(name_or_path)
     fam, config = read_config(directory)
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    model = fam.module_cls(config, attention_fn=attention_fn, dtype=dtype,
-                           param_dtype=param_dtype or jnp.float32, scan=scan, remat_policy=remat_policy)
-    inputs = fam.dummy_inputs(config)
-    expected = loop_shapes(model, fam)
-    shardings = {}
-    if mesh is not None:
-        from jimm_linen.partitioning import param_shardings
-        shardings = ckpt.flatten_tree(param_shardings(model, *inputs, mesh=mesh, rules=rules))
-
     with ckpt.StateReader(directory) as reader:
+        config = fam.adapt_config(config, reader.shapes)
+        if "num_labels" in config_overrides and "id2label" not in config_overrides:
+            config_overrides["id2label"] = None  # the checkpoint's label names are for its own head
+        if config_overrides:
+            config = dataclasses.replace(config, **config_overrides)
+        model = fam.module_cls(config, attention_fn=attention_fn, dtype=dtype,
+                               param_dtype=param_dtype or jnp.float32, scan=scan, remat_policy=remat_policy)
+        expected = loop_shapes(model, fam)
         plan = ckpt.plan_load(reader.shapes, fam.keymap(config), expected, dont_load)
-        fresh = {}
-        if len(plan) < len(expected):  # dont_load entries: take them from a fresh init
-            init = model.clone(scan=False, parent=None).init(
-                rng if rng is not None else jax.random.key(0), *inputs)
-            fresh = {k: v for k, v in ckpt.flatten_tree(nn.unbox(init["params"])).items() if k not in plan}
+        fresh = _fresh_params(model, fam, plan, expected, rng)
+        if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
+            stored = {reader.dtype(src.hf_key) for src in plan.values()}
+            if len(stored) == 1:
+                (dtype_kept,) = stored
+                fresh = {k: v.astype(dtype_kept) for k, v in fresh.items()}
 
         def read(path: str) -> np.ndarray:
             if path in fresh:
-                return np.asarray(fresh[path])
+                return fresh[path]
             src = plan[path]
             return src.transform.to_linen(reader.get(src.hf_key), tuple(expected[path]))
 
+        shardings = {}
+        if mesh is not None:
+            from jimm_linen.partitioning import param_shardings
+            shardings = ckpt.flatten_tree(
+                param_shardings(model, *fam.dummy_inputs(config), mesh=mesh, rules=rules))
         # One target leaf at a time (a scanned leaf stacks its layers), placed on its sharding
         # right away, so the host holds one leaf beside the memory-mapped files.
         leaves = scan_groups(expected) if scan else {p: [p] for p in expected}
@@ -142,6 +147,15 @@ def from_pretrained(
     return model, {"params": ckpt.unflatten_tree(flat)}
 
 
+def _fresh_params(model: nn.Module, fam: Family, plan, expected, rng) -> dict[str, np.ndarray]:
+    """Initialised values for the parameters `dont_load` kept out of the checkpoint (loop layout)."""
+    if len(plan) == len(expected):
+        return {}
+    init = model.clone(scan=False, parent=None).init(
+        rng if rng is not None else jax.random.key(0), *fam.dummy_inputs(model.config))
+    return {k: np.asarray(v) for k, v in ckpt.flatten_tree(nn.unbox(init["params"])).items() if k not in plan}
+
+
 def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLike,
                     max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write `config.json` + safetensors that `transformers` `from_pretrained` reads."""
@@ -149,10 +163,10 @@ def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLik
     params = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
     if model.scan:
         params = scan_to_loop(params, model.config.num_hidden_layers)
+    hf = model.config.to_hf_config()  # first: a config HF cannot express fails before any file is written
     state = ckpt.linen_to_hf(ckpt.flatten_tree(params), fam.keymap(model.config))
     out = Path(out_dir)
     ckpt.write_state_dict(state, out, max_shard_bytes)
-    hf = model.config.to_hf_config()
     dtypes = {str(a.dtype) for a in state.values()}
     hf["dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
     (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))

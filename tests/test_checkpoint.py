@@ -127,8 +127,8 @@ def test_dont_load_head_for_fine_tuning(hf_dir):
     _, directory = hf_dir
     with pytest.raises(CheckpointError, match="classifier.weight"):
         jimm_linen.from_pretrained(directory, num_labels=7)
-    model, variables = jimm_linen.from_pretrained(directory, num_labels=7, id2label=None,
-                                                  dont_load=["head/.*"], rng=jax.random.key(1))
+    model, variables = jimm_linen.from_pretrained(directory, num_labels=7, dont_load=["head/.*"],
+                                                  rng=jax.random.key(1))
     _, original = jimm_linen.from_pretrained(directory)
     assert variables["params"]["head"]["kernel"].shape == (32, 7)
     np.testing.assert_array_equal(variables["params"]["embedding"]["kernel"],
@@ -227,3 +227,65 @@ def test_progress_bar_only_on_a_terminal_for_large_checkpoints(monkeypatch):
     assert checkpoint.progress(items, checkpoint.PROGRESS_MIN_BYTES - 1, "x") is items  # small
     bar = checkpoint.progress(items, checkpoint.PROGRESS_MIN_BYTES, "x")
     assert isinstance(bar, tqdm) and list(bar) == items
+
+
+def test_dont_load_typo_is_an_error(hf_dir):
+    _, directory = hf_dir
+    with pytest.raises(CheckpointError, match=r"dont_load pattern\(s\) \['heads/\.\*'\] match no model parameter"):
+        jimm_linen.from_pretrained(directory, dont_load=["heads/.*"])
+
+
+def test_backbone_and_classifier_checkpoints_convert(hf_dir, tmp_path):
+    """Fine-tune a classifier from a ViTModel backbone (keys without `vit.`), and take the
+    backbone of a classifier (drop its head): same backbone weights either way."""
+    ref_model, directory = hf_dir
+    backbone, bb_vars = jimm_linen.from_pretrained(directory, num_labels=0, dont_load=["head/.*"])
+    assert "head" not in bb_vars["params"] and backbone.config.num_labels == 0
+    jimm_linen.save_pretrained(backbone, bb_vars, tmp_path / "backbone")
+    assert not any(k.startswith("vit.") for k in load_file(tmp_path / "backbone" / "model.safetensors"))
+    model, variables = jimm_linen.from_pretrained(tmp_path / "backbone", num_labels=3, dont_load=["head/.*"])
+    _, original = jimm_linen.from_pretrained(directory)
+    jax.tree.map(np.testing.assert_array_equal, variables["params"]["Transformer"], original["params"]["Transformer"])
+    assert variables["params"]["head"]["kernel"].shape == (32, 3)
+
+
+def test_bf16_checkpoint_with_fresh_head_stays_bf16(hf_dir, tmp_path):
+    ref_model, _ = hf_dir
+    ref_model.to(torch.bfloat16).save_pretrained(tmp_path)
+    ref_model.to(torch.float32)
+    _, variables = jimm_linen.from_pretrained(tmp_path, num_labels=7, dont_load=["head/.*"])
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_pruned_heads_are_refused(hf_dir, tmp_path):
+    _, directory = hf_dir
+    cfg = json.loads((directory / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "pruned_heads": {"0": [1]}}))
+    (tmp_path / "model.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="pruned_heads"):
+        jimm_linen.from_pretrained(tmp_path)
+
+
+def test_unsavable_config_writes_nothing(hf_dir, tmp_path):
+    import dataclasses
+
+    _, directory = hf_dir
+    model, variables = jimm_linen.from_pretrained(directory)
+    mean_model = model.clone(config=dataclasses.replace(model.config, pooling="mean"), parent=None)
+    with pytest.raises(ValueError, match="only class-token pooling"):
+        jimm_linen.save_pretrained(mean_model, variables, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_key_in_two_shards_is_an_error(hf_dir, tmp_path):
+    _, directory = hf_dir
+    state = load_file(directory / "model.safetensors")
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    first = dict(list(state.items())[:5])
+    save_file(first, tmp_path / "model-00001-of-00002.safetensors")
+    save_file(state, tmp_path / "model-00002-of-00002.safetensors")
+    weight_map = {k: "model-00002-of-00002.safetensors" for k in state}
+    weight_map.update({k: "model-00001-of-00002.safetensors" for k in first})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="is in more than one weight file"):
+        jimm_linen.from_pretrained(tmp_path)

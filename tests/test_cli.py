@@ -1,7 +1,9 @@
 """`jimm parity`: the main job on its embedded defaults, on a directory, and its exit status."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from jimm_linen import cli, parity
 from tests.helpers import TINY
@@ -18,7 +20,15 @@ def test_parity_on_embedded_defaults(capsys):
 def test_parity_on_a_checkpoint_directory(tmp_path, capsys):
     parity.build_vit_reference(TINY, tmp_path, seed=5)
     assert cli.main(["parity", str(tmp_path), "--paths", "linen", "--image-size", "24"]) == 0
-    assert str(tmp_path) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| {tmp_path} " in out and f"| {tmp_path}@24px " in out
+
+
+def test_bad_arguments_are_refused(tmp_path, capsys):
+    assert cli.main(["parity", "--paths", ""]) == 2
+    assert cli.main(["parity", "--paths", "linen,keras"]) == 2
+    assert cli.main(["parity", str(tmp_path), "--full"]) == 2
+    assert "--paths must name" in capsys.readouterr().err
 
 
 def test_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
@@ -30,6 +40,6 @@ def test_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "jimm_linen.cli", "parity", "--help"],
-                            capture_output=True, text=True, check=True)
+    jimm = shutil.which("jimm") or str(Path(sys.executable).parent / "jimm")
+    result = subprocess.run([jimm, "parity", "--help"], capture_output=True, text=True, check=True)
     assert "HF checkpoint directories" in result.stdout

@@ -91,8 +91,9 @@ def torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
 def resize_position_grid(grid: jax.Array, new_hw: tuple[int, int]) -> jax.Array:
     """Bicubically resize a `(h, w, d)` grid of position embeddings exactly as HF/PyTorch do."""
     h, w, _ = grid.shape
-    mh = jnp.asarray(torch_bicubic_matrix(h, new_hw[0]), grid.dtype)
-    mw = jnp.asarray(torch_bicubic_matrix(w, new_hw[1]), grid.dtype)
-    # Width first, then height: the order PyTorch's separable kernel sums in.
-    tmp = jnp.einsum("bw,hwd->hbd", mw, grid, precision="highest")
-    return jnp.einsum("ah,hbd->abd", mh, tmp, precision="highest")
+    mh = jnp.asarray(torch_bicubic_matrix(h, new_hw[0]), jnp.float32)
+    mw = jnp.asarray(torch_bicubic_matrix(w, new_hw[1]), jnp.float32)
+    # Width first, then height: the order PyTorch's separable kernel sums in. Always in float32
+    # (bf16 would round the weights), cast back at the end.
+    tmp = jnp.einsum("bw,hwd->hbd", mw, grid.astype(jnp.float32), precision="highest")
+    return jnp.einsum("ah,hbd->abd", mh, tmp, precision="highest").astype(grid.dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 
 from jimm_linen.checkpoint import ConvKernel, KeyMap, Rule, encoder_rules, linear, norm
@@ -23,18 +25,36 @@ VIT_LAYER_NAMES_V5 = dict(
 )
 
 
-def keymap(config: ViTConfig) -> KeyMap:
-    p = "vit." if config.num_labels else ""  # ViTForImageClassification nests the backbone
-    return KeyMap([
+def backbone_rules(p: str, layer_names: dict[str, str], layers: str = "encoder.layer") -> list[Rule]:
+    return [
         Rule(f"{p}embeddings.cls_token", "cls"),
         Rule(f"{p}embeddings.position_embeddings", "pos_embedding"),
         Rule(f"{p}embeddings.patch_embeddings.projection.weight", "embedding/kernel", ConvKernel()),
         Rule(f"{p}embeddings.patch_embeddings.projection.bias", "embedding/bias"),
-        *encoder_rules(f"{p}encoder.layer.{{i}}", "Transformer/encoderblock_{i}", VIT_LAYER_NAMES),
+        *encoder_rules(f"{p}{layers}.{{i}}", "Transformer/encoderblock_{i}", layer_names),
         *norm(f"{p}layernorm", "Transformer/encoder_norm"),
         *linear(f"{p}pooler.dense", "pre_logits"),
-        *linear("classifier", "head"),
-    ], aliases=encoder_rules(f"{p}layers.{{i}}", "Transformer/encoderblock_{i}", VIT_LAYER_NAMES_V5))
+    ]
+
+
+def keymap(config: ViTConfig) -> KeyMap:
+    """Written as HF writes this architecture: ViTForImageClassification nests the backbone
+    under `vit.`, ViTModel does not. Read with either spelling (a classifier fine-tuned from a
+    ViTModel backbone, or a backbone taken from a classifier), and with transformers 5's
+    in-memory module names."""
+    p, other = ("vit.", "") if config.num_labels else ("", "vit.")
+    aliases = [*backbone_rules(other, VIT_LAYER_NAMES)]
+    for prefix in (p, other):
+        aliases += encoder_rules(f"{prefix}layers.{{i}}", "Transformer/encoderblock_{i}", VIT_LAYER_NAMES_V5)
+    return KeyMap([*backbone_rules(p, VIT_LAYER_NAMES), *linear("classifier", "head")], aliases=aliases)
+
+
+def adapt_config(config: ViTConfig, keys) -> ViTConfig:
+    """What config.json cannot say: HF's ViTModel may be saved without its pooler
+    (`add_pooling_layer=False`); the checkpoint's keys tell."""
+    if config.pooler and not any(k.endswith("pooler.dense.weight") for k in keys):
+        return dataclasses.replace(config, pooler=False)
+    return config
 
 
 def dummy_inputs(config: ViTConfig):

@@ -1,6 +1,9 @@
 """The Linen ViT on its own: layouts, remat, dtypes, dropout, configs and bad input."""
 
+import contextlib
 import dataclasses
+import io
+import re
 
 import flax.linen as nn
 
@@ -11,7 +14,10 @@ import pytest
 import torch
 
 from jimm_linen import ViT, ViTConfig
+from jax.ad_checkpoint import print_saved_residuals
+
 from jimm_linen.layers import loop_to_scan, remat_policy, scan_to_loop, torch_bicubic_matrix
+from jimm_linen.layers.transformer import PROJECTION_NAMES
 from tests.helpers import TINY, max_rel_diff
 
 CFG = ViTConfig(**TINY, layer_norm_eps=1e-6)
@@ -75,15 +81,25 @@ def test_remat_keeps_outputs_and_gradients(baselines, policy, scan):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), base[1], remat[1])
 
 
-def test_remat_actually_rematerialises(scanned):
-    """`full` must change the backward computation (otherwise the flag would be a no-op)."""
-    model, variables = scanned
+def _saved_names(policy: str, params) -> tuple[list[str], int]:
+    """The `checkpoint_name` tags among the residuals the backward pass keeps, and their count."""
+    model = ViT(CFG, remat_policy=policy, scan=False)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_saved_residuals(lambda p: model.apply({"params": p}, IMAGES).sum(), params)
+    lines = [line for line in buf.getvalue().splitlines() if "from the argument" not in line]
+    return sorted({m for line in lines for m in re.findall(r"named '(\w+)'", line)}), len(lines)
 
-    def jaxpr(policy):
-        m = ViT(CFG, remat_policy=policy)
-        return str(jax.make_jaxpr(jax.grad(lambda p: m.apply({"params": p}, IMAGES).sum()))(variables["params"]))
 
-    assert "remat" not in jaxpr("none") and "remat" in jaxpr("full")
+def test_remat_policies_keep_what_they_say(baselines):
+    params = baselines[False][0]
+    names = {p: _saved_names(p, params) for p in ("none", "minimal", "save:query_proj,mlp_in", "full")}
+    # mlp_out only feeds a residual add, so the backward pass never needs it.
+    assert names["minimal"][0] == sorted(set(PROJECTION_NAMES) - {"mlp_out"})
+    assert names["save:query_proj,mlp_in"][0] == ["mlp_in", "query_proj"]
+    assert names["full"][0] == []
+    counts = [names[p][1] for p in ("none", "minimal", "save:query_proj,mlp_in", "full")]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == 4, counts
 
 
 def test_unknown_remat_policy():
@@ -93,9 +109,10 @@ def test_unknown_remat_policy():
         remat_policy("save:not_a_tag")
 
 
-# bf16 compute: documented bound on logits, relative to max |logit| (bf16 keeps 8 mantissa
-# bits, eps 7.8e-3). Measured: 7e-4 here, 9e-3 on ViT-B/16 (tests/parity).
-BF16_BOUND = 2e-2
+# bf16 compute: the documented bound on logits is 2e-2 relative to max |logit| (bf16 keeps 8
+# mantissa bits, eps 7.8e-3), checked on ViT-B/16 in tests/parity (measured 9e-3). This
+# 2-layer model measures 7e-4, so it is held to half a bf16 epsilon.
+BF16_BOUND = 4e-3
 
 
 def test_bfloat16_stays_close_to_float32(scanned):
@@ -119,6 +136,10 @@ def test_dropout_only_in_training(scanned):
     assert not np.allclose(a, b)
     with pytest.raises(Exception, match="dropout"):
         dropped.apply(variables, IMAGES, train=True)
+    # Attention-probability dropout alone changes the output too.
+    attn_only = ViT(dataclasses.replace(CFG, attention_probs_dropout_prob=0.3))
+    a = attn_only.apply(variables, IMAGES, train=True, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(a, model.apply(variables, IMAGES))
 
 
 @pytest.mark.parametrize("pooling", ["map", "mean"])
@@ -130,6 +151,9 @@ def test_other_poolings_run(pooling):
     params = variables["params"]
     assert ("cls" in params) is False and params["pos_embedding"].value.shape == (1, 16, 32)
     assert ("MAPHead_0" in params) == (pooling == "map")
+    out = model.apply(variables, IMAGES, return_hidden_states=True)
+    if pooling == "mean":
+        np.testing.assert_allclose(out.pooled, out.last_hidden_state.mean(axis=1), rtol=1e-6)
 
 
 def test_bad_inputs_have_clear_errors(scanned):
@@ -172,8 +196,9 @@ def test_config_validation():
     ("L/16", 1024, 24, 16, 16), ("H/14", 1280, 32, 16, 14), ("So400m/14", 1152, 27, 16, 14),
 ])
 def test_variants(variant, width, depth, heads, patch):
-    cfg = ViTConfig.from_variant(variant, image_size=224 if patch == 16 else 224, num_labels=10)
+    cfg = ViTConfig.from_variant(variant, image_size=224, num_labels=10)
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.patch_size) == (width, depth, heads, patch)
+    assert cfg.intermediate_size == {"So400m/14": 4304}.get(variant, 4 * width)
     assert cfg.num_labels == 10
 
 

@@ -1,7 +1,9 @@
 """jimm_nnx.VisionTransformer: parity with HF PyTorch and the Linen ViT, checkpoints both ways,
 and sharded training on 8 fake CPU devices (Auto and Explicit meshes)."""
 
+import collections
 import inspect
+import re
 
 import numpy as np
 import jax
@@ -233,3 +235,21 @@ def test_no_sharding_under_a_mesh(reference, unsharded_logits):
             assert value.sharding.is_fully_replicated
         assert model.mesh is None
         assert_close(forward(model, images), unsharded_logits)
+
+
+def _ops(lowered) -> collections.Counter:
+    return collections.Counter(re.findall(r"\b(stablehlo\.\w+|sdy\.\w+)", lowered.as_text()))
+
+
+def test_bridge_adds_no_computation(reference):
+    """A jitted NNX forward lowers to the same ops as `jax.jit` of the Linen `apply`; `nnx.jit`
+    adds only sharding annotations (NNX constrains its own rng key), never arithmetic."""
+    directory, images, _ = reference
+    model = VisionTransformer.from_pretrained(directory, sharding=NoSharding())
+    linen, variables = model.linen_module, bridge.to_linen_variables(model)
+    linen_ops = _ops(jax.jit(lambda v, x: linen.apply(v, x)).lower(variables, images))
+    graph, state = nnx.split(model)
+    assert _ops(jax.jit(lambda s, x: nnx.merge(graph, s)(x)).lower(state, images)) == linen_ops
+    extra = _ops(nnx.jit(lambda m, x: m(x)).lower(model, images)) - linen_ops
+    assert all(op.startswith(("sdy.", "stablehlo.mesh")) for op in extra), extra
+    assert not linen_ops - _ops(nnx.jit(lambda m, x: m(x)).lower(model, images))

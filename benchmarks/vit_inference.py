@@ -110,8 +110,6 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.worker, Path(args.dir), args.batch, args.image_size, args.steps)))
         return 0
 
-    import numpy as np
-
     from jimm_linen import ViTConfig
     from jimm_linen.parity import build_vit_reference
 

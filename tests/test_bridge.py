@@ -17,6 +17,7 @@ import jimm_linen
 from jimm_linen.layers import DenseGeneral, Encoder
 from jimm_linen.models.vit import hf as vit_hf
 from jimm_linen.partitioning import param_shardings, param_specs
+from tests.helpers import assert_same_tree
 
 VIT = jimm_linen.ViT(jimm_linen.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=48, image_size=16, patch_size=4, num_labels=5))
@@ -28,13 +29,6 @@ def random_variables(module, *inputs, seed=0):
     abstract = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs)))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32)), abstract)
-
-
-def assert_same_tree(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def auto_mesh():

@@ -19,28 +19,13 @@ from jax.sharding import PartitionSpec as P
 
 import bridge
 import jimm_linen
+from tests.helpers import assert_close, assert_same_tree
 from jimm_nnx import NoSharding, Sharding, VisionTransformer, make_tokamax_attention
 
 # hidden 32, heads 4 and mlp 48 all divide the 4-way fsdp and 2-way tensor axes used below.
 CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
               image_size=16, patch_size=4, num_labels=5, initializer_range=0.2)
 BATCH = 8
-TOL = 1e-5
-
-
-def assert_close(ours, ref, tol=TOL):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape
-    bound = tol * max(1.0, float(np.abs(ref).max()))
-    diff = float(np.abs(ours - ref).max())
-    assert diff <= bound, f"max abs diff {diff:.3e} > {bound:.3e}"
-
-
-def assert_same_tree(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def forward(model, images, **kwargs):
@@ -72,13 +57,13 @@ def test_matches_pytorch_and_linen(reference, unsharded_logits):
 
     module, variables = jimm_linen.from_pretrained(directory)
     linen_logits = jax.jit(module.apply)(variables, images)
-    assert_close(unsharded_logits, linen_logits, tol=1e-6)
+    assert_close(unsharded_logits, linen_logits, rtol=1e-6)
 
     model = VisionTransformer.from_pretrained(directory, sharding=NoSharding())
     out = forward(model, images, return_hidden_states=True)
     assert isinstance(out, jimm_linen.ViTOutput)
     assert len(out.hidden_states) == CONFIG["num_hidden_layers"] + 1
-    assert_close(out.output, unsharded_logits, tol=1e-6)
+    assert_close(out.output, unsharded_logits, rtol=1e-6)
 
 
 def test_checkpoints_cross_between_nnx_linen_and_transformers(reference, tmp_path):
@@ -89,7 +74,7 @@ def test_checkpoints_cross_between_nnx_linen_and_transformers(reference, tmp_pat
     hf = transformers.ViTForImageClassification.from_pretrained(tmp_path / "nnx").eval()
     with torch.no_grad():
         logits = hf(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2))).logits.numpy()
-    assert_close(logits, ref_logits, tol=1e-6)
+    assert_close(logits, ref_logits, rtol=1e-6)
     _, linen_variables = jimm_linen.from_pretrained(tmp_path / "nnx")
     assert_same_tree(linen_variables, bridge.to_linen_variables(model))
 

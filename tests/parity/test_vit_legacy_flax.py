@@ -20,6 +20,7 @@ import pytest
 
 import jimm_linen
 from tests import legacy_flax
+from tests.helpers import bound
 
 pytestmark = pytest.mark.legacy_flax
 
@@ -36,10 +37,6 @@ CONFIGS = {
         hidden_act="gelu_new", layer_norm_eps=1e-6, qkv_bias=False),
 }
 OTHER_ACT = {"gelu": "gelu_new", "gelu_new": "gelu"}
-
-
-def tolerance(ref: np.ndarray) -> float:
-    return 1e-5 * max(1.0, float(np.abs(ref).max()))
 
 
 def max_diff(a, b) -> float:
@@ -124,17 +121,17 @@ def test_vit_matches_legacy_flax(name, cases, legacy):
         diffs[f"hidden_state_{i}"] = max_diff(ours, theirs)
     scale = {"logits": ref["logits"], **{f"hidden_state_{i}": h for i, h in enumerate(ref["hidden_states"])}}
     print(f"\n{name}: max |jimm - legacy flax| (/ tolerance): "
-          + ", ".join(f"{k}={v:.2e} ({v / tolerance(scale[k]):.2f})" for k, v in diffs.items()))
-    assert diffs["logits"] <= tolerance(ref["logits"]), diffs
+          + ", ".join(f"{k}={v:.2e} ({v / bound(scale[k]):.2f})" for k, v in diffs.items()))
+    assert diffs["logits"] <= bound(ref["logits"]), diffs
     for i, theirs in enumerate(ref["hidden_states"]):
-        assert diffs[f"hidden_state_{i}"] <= tolerance(theirs), (i, diffs)
+        assert diffs[f"hidden_state_{i}"] <= bound(theirs), (i, diffs)
 
     # The comparison can fail: the other GELU puts the logits well outside the tolerance.
     wrong_model, wrong_vars = jimm_linen.from_pretrained(jobs[name]["checkpoint"],
                                                          hidden_act=OTHER_ACT[cfg["hidden_act"]])
     with jax.default_matmul_precision("highest"):
         wrong = wrong_model.apply(wrong_vars, images)
-    assert max_diff(wrong, ref["logits"]) > 10 * tolerance(ref["logits"])
+    assert max_diff(wrong, ref["logits"]) > 10 * bound(ref["logits"])
 
 
 def test_install_is_cached(legacy):

@@ -9,24 +9,16 @@ import pytest
 
 import jimm_linen
 from jimm_linen import parity
+from tests.helpers import assert_close, bound
 
-TOL = 1e-5
 BF16_BOUND = 2e-2  # as in tests/test_linen_vit.py and the README
 
 
-def assert_close(ours, ref, what):
-    ours, ref = np.asarray(ours), np.asarray(ref)
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape}"
-    bound = TOL * max(1.0, float(np.abs(ref).max()))
-    diff = float(np.abs(ours - ref).max())
-    assert diff <= bound, f"{what}: max abs diff {diff:.3e} > {bound:.3e}"
-
-
 def assert_parity(out, ref_logits, ref_hidden):
-    assert_close(out.output, ref_logits, "logits")
+    assert_close(out.output, ref_logits, what="logits")
     assert len(out.hidden_states) == len(ref_hidden)
     for i, (a, b) in enumerate(zip(out.hidden_states, ref_hidden)):
-        assert_close(a, b, f"hidden state {i}")
+        assert_close(a, b, what=f"hidden state {i}")
 
 
 @pytest.fixture(scope="module", params=sorted(parity.VIT_CONFIGS))
@@ -70,7 +62,7 @@ def test_nnx_matches_pytorch(reference):
     ref_logits, ref_hidden = parity.reference_outputs(ref_model, pixels)
     model = jimm_nnx.VisionTransformer.from_pretrained(directory, sharding=jimm_nnx.NoSharding())
     images = jnp.asarray(pixels.transpose(0, 2, 3, 1))
-    assert_close(model(images), ref_logits, "nnx logits")
+    assert_close(model(images), ref_logits, what="nnx logits")
     assert_parity(model(images, return_hidden_states=True), ref_logits, ref_hidden)
 
 
@@ -86,7 +78,7 @@ def test_vit_b16_matches_pytorch(tmp_path):
     bf16, _ = jimm_linen.from_pretrained(tmp_path, dtype=jnp.bfloat16)
     logits = bf16.apply(variables, jnp.asarray(pixels.transpose(0, 2, 3, 1)))
     assert logits.dtype == jnp.bfloat16
-    assert np.abs(np.asarray(logits, np.float32) - ref_logits).max() <= BF16_BOUND * max(1.0, np.abs(ref_logits).max())
+    assert np.abs(np.asarray(logits, np.float32) - ref_logits).max() <= bound(ref_logits, BF16_BOUND)
     # Also at 384px through interpolate_pos_encoding, as fine-tuned checkpoints are used.
     pixels = parity.random_images(1, 384, 3, seed=1)
     ref_logits, ref_hidden = parity.reference_outputs(ref_model, pixels, interpolate_pos_encoding=True)

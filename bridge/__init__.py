@@ -7,7 +7,7 @@ checkpoint serves both worlds. Shardings come from the logical axis names and on
 rule table on the current mesh (Auto or Explicit axes), or nothing is sharded without a mesh.
 """
 
-from bridge.module import LinenModule, from_linen_variables, to_linen_variables, wrap
+from bridge.module import LinenModule, from_linen_variables, rng_streams, to_linen_variables, wrap
 from bridge.placement import Placement, current_mesh
 
-__all__ = ["LinenModule", "Placement", "current_mesh", "from_linen_variables", "to_linen_variables", "wrap"]
+__all__ = ["LinenModule", "Placement", "current_mesh", "from_linen_variables", "rng_streams", "to_linen_variables", "wrap"]

@@ -39,13 +39,15 @@ def _spec_of(leaf, placement: Placement) -> PartitionSpec:
     return PartitionSpec()
 
 
-def _rng_streams(rngs: RngsLike) -> dict[str, jax.Array]:
-    """Linen `rngs=` from NNX-style ones; an NNX `default` stream serves as Linen's `params`,
-    which Linen's `make_rng` falls back to for any stream it lacks (e.g. `dropout`)."""
+def rng_streams(rngs: RngsLike) -> dict[str, jax.Array]:
+    """Linen `rngs=` from NNX-style ones. A PRNG key or an int seed is the `params` key (so
+    `wrap(module, x, rngs=key)` initialises exactly like `module.init(key, x)`); an NNX
+    `default` stream serves as Linen's `params`, which Linen's `make_rng` falls back to for
+    any stream it lacks (e.g. `dropout`)."""
     if rngs is None:
         return {}
     if isinstance(rngs, int):
-        rngs = nnx.Rngs(rngs)
+        rngs = jax.random.key(rngs)
     if isinstance(rngs, nnx.Rngs):
         streams = {name: stream() for name, stream in rngs.items()}
     elif isinstance(rngs, jax.Array):
@@ -57,10 +59,6 @@ def _rng_streams(rngs: RngsLike) -> dict[str, jax.Array]:
     if "params" not in streams and "default" in streams:
         streams["params"] = streams.pop("default")
     return streams
-
-
-def _as_key(seed_or_key: int | jax.Array) -> jax.Array:
-    return jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
 
 
 def _stored_rngs(rngs: RngsLike) -> nnx.Rngs | None:
@@ -120,8 +118,7 @@ class LinenModule(nnx.bridge.ToNNX):
         if rngs is None:
             raise ValueError("wrap needs rngs (nnx.Rngs, a PRNG key or an int seed) to initialise parameters")
         placement = Placement.resolve(mesh, rules) if placement is None else placement
-        # A plain key or seed initialises exactly like `module.init(key, ...)`.
-        streams = {"params": _as_key(rngs)} if isinstance(rngs, int | jax.Array) else _rng_streams(rngs)
+        streams = rng_streams(rngs)
 
         def init(streams, *inputs):
             return module.init(streams, *inputs, **init_kwargs)
@@ -175,7 +172,7 @@ class LinenModule(nnx.bridge.ToNNX):
         """`module.apply(variables, *args, **kwargs)` with this model's variables, on its
         placement. `rngs=None` uses the stored rngs (every stream, like `nnx.bridge.ToNNX`);
         `rngs={}` runs without random streams."""
-        streams = _rng_streams(self.to_nnx__rngs if rngs is None else rngs)
+        streams = rng_streams(self.to_nnx__rngs if rngs is None else rngs)
         module = self.to_nnx__module
 
         def apply(variables, streams, *args, **kwargs):

@@ -37,12 +37,6 @@ def _default_rngs(rngs: RngsArg) -> nnx.Rngs | jax.Array | int:
     return nnx.Rngs(0) if rngs is None else rngs
 
 
-def _params_key(rngs: nnx.Rngs | jax.Array | int) -> jax.Array:
-    if isinstance(rngs, nnx.Rngs):
-        return rngs.params() if "params" in rngs else rngs.default()
-    return jax.random.key(rngs) if isinstance(rngs, int) else rngs
-
-
 class VisionTransformer(bridge.LinenModule):
     """`jimm_linen.ViT` as an `nnx.Module`: `model(images)` on NHWC float images gives logits
     (or pooled features for a checkpoint without a classifier head).
@@ -66,7 +60,7 @@ class VisionTransformer(bridge.LinenModule):
         placement = resolve_sharding(sharding)
         module, variables = jimm_linen.from_pretrained(
             name_or_path, dtype=dtype, param_dtype=param_dtype, attention_fn=attention_fn,
-            remat_policy=_remat(use_gradient_checkpointing), rng=_params_key(rngs),
+            remat_policy=_remat(use_gradient_checkpointing), rng=bridge.rng_streams(rngs)["params"],
             mesh=placement.mesh, rules=placement.rules, **kwargs)
         if not isinstance(module, ViT):
             raise ValueError(f"{name_or_path} holds a {type(module).__name__}, not a ViT")

@@ -148,12 +148,19 @@ def from_pretrained(
 
 
 def _fresh_params(model: nn.Module, fam: Family, plan, expected, rng) -> dict[str, np.ndarray]:
-    """Initialised values for the parameters `dont_load` kept out of the checkpoint (loop layout)."""
-    if len(plan) == len(expected):
+    """Initialised values for the parameters `dont_load` kept out of the checkpoint (loop
+    layout). Jitted so that only their initialisers run: XLA drops the rest of the model."""
+    wanted = [k for k in expected if k not in plan]
+    if not wanted:
         return {}
-    init = model.clone(scan=False, parent=None).init(
-        rng if rng is not None else jax.random.key(0), *fam.dummy_inputs(model.config))
-    return {k: np.asarray(v) for k, v in ckpt.flatten_tree(nn.unbox(init["params"])).items() if k not in plan}
+    loop = model.clone(scan=False, parent=None)
+
+    def init(key):
+        flat = ckpt.flatten_tree(nn.unbox(loop.init(key, *fam.dummy_inputs(model.config))["params"]))
+        return {k: flat[k] for k in wanted}
+
+    fresh = jax.jit(init)(rng if rng is not None else jax.random.key(0))
+    return {k: np.asarray(v) for k, v in fresh.items()}
 
 
 def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLike,

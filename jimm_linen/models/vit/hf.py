@@ -25,13 +25,14 @@ VIT_LAYER_NAMES_V5 = dict(
 )
 
 
-def backbone_rules(p: str, layer_names: dict[str, str], layers: str = "encoder.layer") -> list[Rule]:
+def backbone_rules(p: str, layer_names: dict[str, str]) -> list[Rule]:
+    """Everything but the classifier, with the backbone's keys prefixed by `p`."""
     return [
         Rule(f"{p}embeddings.cls_token", "cls"),
         Rule(f"{p}embeddings.position_embeddings", "pos_embedding"),
         Rule(f"{p}embeddings.patch_embeddings.projection.weight", "embedding/kernel", ConvKernel()),
         Rule(f"{p}embeddings.patch_embeddings.projection.bias", "embedding/bias"),
-        *encoder_rules(f"{p}{layers}.{{i}}", "Transformer/encoderblock_{i}", layer_names),
+        *encoder_rules(f"{p}encoder.layer.{{i}}", "Transformer/encoderblock_{i}", layer_names),
         *norm(f"{p}layernorm", "Transformer/encoder_norm"),
         *linear(f"{p}pooler.dense", "pre_logits"),
     ]

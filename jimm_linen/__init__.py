@@ -1,9 +1,15 @@
 """jimm_linen: the canonical Flax Linen models of jimm."""
 
 from jimm_linen.attention import dot_product_attention, make_tokamax_attention
-from jimm_linen.models.vit import ViT, ViTConfig, ViTOutput
+from jimm_linen.models.clip import (
+    CLIP, CLIPConfig, ImageTextOutput, SigLIP, SigLIPConfig, TextConfig, TextTransformer, contrastive_loss,
+    sigmoid_loss,
+)
+from jimm_linen.models.vit import TowerOutput, ViT, ViTConfig
 
-__all__ = ["ViT", "ViTConfig", "ViTOutput", "dot_product_attention", "make_tokamax_attention"]
+__all__ = ["CLIP", "CLIPConfig", "ImageTextOutput", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
+           "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
+           "sigmoid_loss"]
 
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402
 

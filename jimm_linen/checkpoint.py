@@ -97,6 +97,47 @@ class ConvKernel(Transform):
         return np.ascontiguousarray(y.transpose(3, 2, 0, 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class DropLeading(Transform):
+    """HF stores without the `n` leading singleton dims the Linen parameter has (e.g. CLIP's
+    `(positions, embed)` position table vs Linen `(1, positions, embed)`)."""
+
+    n: int = 1
+
+    def hf_shape(self, shape):
+        if any(d != 1 for d in shape[: self.n]):
+            raise ValueError(f"DropLeading({self.n}): leading dims of {shape} are not 1")
+        return tuple(shape[self.n:])
+
+    def to_linen(self, x, shape):
+        return x.reshape(shape)
+
+    def to_hf(self, y):
+        return y.reshape(y.shape[self.n:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Fused(Transform):
+    """One of `parts` equal slices, along dim 0, of an HF tensor that fuses several Linen
+    parameters (torch `MultiheadAttention.in_proj_weight` is query, key and value stacked);
+    `inner` converts the slice. Writing concatenates the parts in order (`linen_to_hf`)."""
+
+    inner: Transform = Transform()
+    part: int = 0
+    parts: int = 1
+
+    def hf_shape(self, shape):
+        piece = self.inner.hf_shape(shape)
+        return (piece[0] * self.parts, *piece[1:])
+
+    def to_linen(self, x, shape):
+        n = x.shape[0] // self.parts
+        return self.inner.to_linen(x[self.part * n:(self.part + 1) * n], shape)
+
+    def to_hf(self, y):
+        return self.inner.to_hf(y)
+
+
 IDENTITY = Transform()
 FLATTEN = Flatten()
 
@@ -141,26 +182,34 @@ def _template_regex(template: str) -> re.Pattern:
 
 class KeyMap:
     """Both directions of a rule table. `aliases` are extra HF names accepted when reading
-    (e.g. the module names of `transformers` 5's in-memory state dicts); writing uses `rules`."""
+    (e.g. the module names of `transformers` 5's in-memory state dicts); writing uses `rules`.
+    `ignore`: regexes over HF keys that are known not to be parameters (buffers older
+    `transformers` versions saved, such as `position_ids`); reading skips them."""
 
-    def __init__(self, rules: Iterable[Rule], aliases: Iterable[Rule] = ()):
+    def __init__(self, rules: Iterable[Rule], aliases: Iterable[Rule] = (), ignore: Iterable[str] = ()):
         self.rules = tuple(rules)
         self._hf = [(_template_regex(r.hf), r) for r in (*self.rules, *aliases)]
         self._linen = [(_template_regex(r.linen), r) for r in self.rules]
+        self._ignore = [re.compile(p) for p in ignore]
 
-    @staticmethod
-    def _lookup(table, key, target):
-        for pattern, rule in table:
-            m = pattern.match(key)
+    def ignored(self, hf_key: str) -> bool:
+        return any(p.fullmatch(hf_key) for p in self._ignore)
+
+    def to_linen_paths(self, hf_key: str) -> list[tuple[str, Transform]]:
+        """Every Linen parameter an HF key holds: one, or several for a `Fused` tensor."""
+        out = []
+        for pattern, rule in self._hf:
+            m = pattern.match(hf_key)
             if m:
-                return getattr(rule, target).format(**m.groupdict()), rule.transform
-        return None
-
-    def to_linen_path(self, hf_key: str):
-        return self._lookup(self._hf, hf_key, "linen")
+                out.append((rule.linen.format(**m.groupdict()), rule.transform))
+        return out
 
     def to_hf_key(self, linen_path: str):
-        return self._lookup(self._linen, linen_path, "hf")
+        for pattern, rule in self._linen:
+            m = pattern.match(linen_path)
+            if m:
+                return rule.hf.format(**m.groupdict()), rule.transform
+        return None
 
 
 # --- trees -------------------------------------------------------------------------------
@@ -221,22 +270,25 @@ def plan_load(
     unexpected, misshaped, duplicated = [], [], []
     seen: dict[str, str] = {}  # path -> the HF key that claimed it
     for hf_key, shape in shapes.items():
-        target = keymap.to_linen_path(hf_key)
-        if target is not None and skipped(target[0]):
+        if keymap.ignored(hf_key):
+            continue
+        targets = keymap.to_linen_paths(hf_key)
+        if targets and all(skipped(path) for path, _ in targets):
             continue  # e.g. a classifier the new config drops or resizes
-        if target is None or target[0] not in expected:
+        targets = [(path, t) for path, t in targets if not skipped(path)]
+        if not targets or any(path not in expected for path, _ in targets):
             unexpected.append(hf_key)
             continue
-        path, transform = target
-        if path in seen:
-            duplicated.append(f"{seen[path]} and {hf_key} (-> {path})")
-            continue
-        seen[path] = hf_key
-        want = transform.hf_shape(tuple(expected[path]))
-        if tuple(shape) != want:
-            misshaped.append(f"{hf_key}: checkpoint {tuple(shape)}, model expects {want} (-> {path})")
-            continue
-        plan[path] = Source(hf_key, transform)
+        for path, transform in targets:
+            if path in seen:
+                duplicated.append(f"{seen[path]} and {hf_key} (-> {path})")
+                continue
+            seen[path] = hf_key
+            want = transform.hf_shape(tuple(expected[path]))
+            if tuple(shape) != want:
+                misshaped.append(f"{hf_key}: checkpoint {tuple(shape)}, model expects {want} (-> {path})")
+                continue
+            plan[path] = Source(hf_key, transform)
     missing = []
     for path in expected:
         if path not in seen and not skipped(path):
@@ -262,15 +314,24 @@ def plan_load(
 
 def linen_to_hf(flat: Mapping[str, np.ndarray], keymap: KeyMap) -> dict[str, np.ndarray]:
     out, unmapped = {}, []
+    pieces: dict[str, dict[int, np.ndarray]] = {}  # fused HF key -> its parts so far
     for path, value in flat.items():
         target = keymap.to_hf_key(path)
         if target is None:
             unmapped.append(path)
             continue
         hf_key, transform = target
-        out[hf_key] = transform.to_hf(np.asarray(value))
+        if isinstance(transform, Fused):
+            pieces.setdefault(hf_key, {})[transform.part] = transform.to_hf(np.asarray(value))
+            if len(pieces[hf_key]) == transform.parts:
+                out[hf_key] = np.concatenate([pieces[hf_key][i] for i in range(transform.parts)])
+        else:
+            out[hf_key] = transform.to_hf(np.asarray(value))
+    incomplete = [k for k in pieces if k not in out]
     if unmapped:
         raise CheckpointError(f"parameters with no HF key in this family's table: {unmapped}")
+    if incomplete:
+        raise CheckpointError(f"fused HF tensors missing some of their parts: {incomplete}")
     return out
 
 
@@ -379,7 +440,8 @@ def write_state_dict(state: Mapping[str, np.ndarray], directory: str | os.PathLi
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][key] = np.ascontiguousarray(state[key])
+        # np.require, not np.ascontiguousarray: that one turns a 0-d tensor (CLIP's logit_scale) into 1-d.
+        shards[-1][key] = np.require(state[key], requirements="C")
         size += nbytes
     total = sum(a.nbytes for a in state.values())
     if len(shards) == 1:

@@ -16,6 +16,8 @@ import numpy as np
 
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.layers import scan_groups, scan_to_loop
+from jimm_linen.models.clip import CLIP, CLIPConfig, SigLIP, SigLIPConfig
+from jimm_linen.models.clip import hf as clip_hf
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit import hf as vit_hf
 
@@ -34,6 +36,8 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "vit": Family(ViT, ViTConfig, vit_hf.keymap, vit_hf.dummy_inputs, vit_hf.adapt_config),
+    "clip": Family(CLIP, CLIPConfig, clip_hf.clip_keymap, clip_hf.dummy_inputs),
+    "siglip": Family(SigLIP, SigLIPConfig, clip_hf.siglip_keymap, clip_hf.dummy_inputs),
 }
 
 
@@ -169,7 +173,7 @@ def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLik
     fam = family_of(model)
     params = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
     if model.scan:
-        params = scan_to_loop(params, model.config.num_hidden_layers)
+        params = scan_to_loop(params)
     hf = model.config.to_hf_config()  # first: a config HF cannot express fails before any file is written
     state = ckpt.linen_to_hf(ckpt.flatten_tree(params), fam.keymap(model.config))
     out = Path(out_dir)

@@ -93,7 +93,7 @@ class VisionTransformer(bridge.LinenModule):
 
     def __call__(self, images: jax.Array, train: bool = False, interpolate_pos_encoding: bool = False,
                  return_hidden_states: bool = False, *, rngs: RngsArg = None):
-        """Logits, or a `jimm_linen.ViTOutput` with `return_hidden_states=True`. Dropout (when
+        """Logits, or a `jimm_linen.TowerOutput` with `return_hidden_states=True`. Dropout (when
         `train=True`) draws from `rngs`, by default the model's own."""
         if not train and rngs is None:
             rngs = {}  # evaluation needs no random streams; don't advance the model's

@@ -61,7 +61,7 @@ def test_matches_pytorch_and_linen(reference, unsharded_logits):
 
     model = VisionTransformer.from_pretrained(directory, sharding=NoSharding())
     out = forward(model, images, return_hidden_states=True)
-    assert isinstance(out, jimm_linen.ViTOutput)
+    assert isinstance(out, jimm_linen.TowerOutput)
     assert len(out.hidden_states) == CONFIG["num_hidden_layers"] + 1
     assert_close(out.output, unsharded_logits, rtol=1e-6)
 

@@ -37,6 +37,7 @@ class PatchEmbedding(nn.Module):
 
     patch_size: int
     hidden_size: int
+    use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
@@ -53,11 +54,14 @@ class PatchEmbedding(nn.Module):
                                          ("patch_height", "patch_width", "channels", "embed")),
             (p, p, c, self.hidden_size), self.param_dtype,
         )
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-                          (self.hidden_size,), self.param_dtype)
-        images, kernel, bias = nn.dtypes.promote_dtype(images, kernel, bias, dtype=self.dtype)
+        images, kernel = nn.dtypes.promote_dtype(images, kernel, dtype=self.dtype)
         patches = images.reshape(b, h // p, p, w // p, p, c)
-        return jnp.einsum("bhpwqc,pqcd->bhwd", patches, kernel) + bias
+        y = jnp.einsum("bhpwqc,pqcd->bhwd", patches, kernel)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+                              (self.hidden_size,), self.param_dtype)
+            y = y + bias.astype(y.dtype)
+        return y
 
 
 @functools.lru_cache(maxsize=64)

@@ -40,6 +40,8 @@ class ViTConfig:
     `pooling`: "cls" (class token, HF ViT), "map" (attention pooling, SigLIP) or "mean".
     `num_labels`: size of the classifier `head`; 0 means no head (features out).
     `pooler`: HF `ViTModel`'s pooler / big_vision's `pre_logits`: Dense(pooler_output_size) + pooler_act.
+    `pre_norm`, `patch_bias`, `head_bias`: the CLIP vision tower's differences (a LayerNorm
+    before the encoder, a patch convolution without bias, a projection `head` without bias).
     """
 
     hidden_size: int = 768
@@ -62,6 +64,9 @@ class ViTConfig:
     pooler_output_size: int | None = None
     pooler_act: str = "tanh"
     encoder_stride: int = 16  # used only by HF's masked-image-modeling head; kept for the round trip
+    pre_norm: bool = False
+    patch_bias: bool = True
+    head_bias: bool = True
 
     def __post_init__(self):
         if self.pooler_output_size is None:
@@ -118,6 +123,9 @@ class ViTConfig:
         """A `config.json` dict that `transformers.ViTConfig` reads back to this architecture."""
         if self.pooling != "cls":
             raise ValueError(f"HF ViT has only class-token pooling; this config uses {self.pooling!r}")
+        if self.pre_norm or not self.patch_bias or not self.head_bias:
+            raise ValueError("HF ViT has no pre-encoder LayerNorm and biases on the patch embedding "
+                             "and classifier; this config is a CLIP-style tower")
         if self.pooler and self.num_labels:
             raise ValueError("HF ViTForImageClassification has no pooler; use pooler=False with a head")
         hf = {k: getattr(self, k) for k in _HF_FIELDS}

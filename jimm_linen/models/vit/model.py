@@ -10,16 +10,19 @@ import jax
 import jax.numpy as jnp
 
 from jimm_linen.activations import get_activation
-from jimm_linen.layers import DenseGeneral, Encoder, MAPHead, PatchEmbedding, check_images, resize_position_grid
+from jimm_linen.layers import (
+    DenseGeneral, Encoder, LayerNorm, MAPHead, PatchEmbedding, check_images, resize_position_grid,
+)
 from jimm_linen.layers.core import default_kernel_init
 from jimm_linen.models.vit.config import ViTConfig
 
 
 @flax.struct.dataclass
-class ViTOutput:
-    """What `ViT(..., return_hidden_states=True)` returns.
+class TowerOutput:
+    """What a tower (`ViT`, `TextTransformer`) returns with `return_hidden_states=True`.
 
-    `output`: logits if the model has a head, else the pooled features.
+    `output`: the `head`'s output (logits, or a CLIP/SigLIP projection) if the tower has one,
+    else the pooled features.
     `pooled`: the pooled features (after `pre_logits` when there is one).
     `last_hidden_state`: all tokens after the final LayerNorm.
     `hidden_states`: the embeddings and every block's output, like HF's `hidden_states`.
@@ -54,8 +57,8 @@ class ViT(nn.Module):
         kernel_init = default_kernel_init(cfg.initializer_range)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-        x = PatchEmbedding(cfg.patch_size, cfg.hidden_size, kernel_init=kernel_init,
-                           name="embedding", **kw)(images)
+        x = PatchEmbedding(cfg.patch_size, cfg.hidden_size, use_bias=cfg.patch_bias,
+                           kernel_init=kernel_init, name="embedding", **kw)(images)
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         if cfg.pooling == "cls":
@@ -65,6 +68,8 @@ class ViT(nn.Module):
         x = x + self._position_embedding(gh, gw, interpolate_pos_encoding, kernel_init).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, not train)
+        if cfg.pre_norm:
+            x = LayerNorm(cfg.layer_norm_eps, name="pre_norm", **kw)(x)
 
         encoded, per_layer = Encoder(
             num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
@@ -89,11 +94,11 @@ class ViT(nn.Module):
             pooled = get_activation(cfg.pooler_act)(pooled)
         out = pooled
         if cfg.num_labels:
-            out = DenseGeneral(cfg.num_labels, kernel_axes=("embed", "classes"),
+            out = DenseGeneral(cfg.num_labels, kernel_axes=("embed", "classes"), use_bias=cfg.head_bias,
                                kernel_init=kernel_init, name="head", **kw)(pooled)
         if not return_hidden_states:
             return out
-        return ViTOutput(output=out, pooled=pooled, last_hidden_state=encoded,
+        return TowerOutput(output=out, pooled=pooled, last_hidden_state=encoded,
                          hidden_states=(x,) + per_layer)
 
     def _position_embedding(self, gh: int, gw: int, interpolate: bool, init) -> jax.Array:

@@ -1,0 +1,99 @@
+"""Side installs for contenders that cannot share the main environment.
+
+* legacy HF Flax (`transformers==4.57.6`): exactly the install the parity tests use,
+  `tests/legacy_flax.py` (`ensure_installed`, `_legacy_env`), imported, not copied.
+* the `jimm` NNX library (PyPI `jax-image-models`): the same scheme with the same helpers (pip's
+  resolver says what installing it into the main env would add or replace; exactly those pinned
+  wheels go into `.cache/jax-image-models-<version>-py3XX` with `--no-deps --target`, checked by
+  an import, stamped, renamed into place under a file lock). Today pip adds only the wheel
+  itself: its dependencies (jax, flax, tokamax, jaxtyping, safetensors) are already in the main
+  venv, so it runs on the same jax/XLA as jimm (a compiler-for-compiler comparison).
+
+A contender's subprocess gets `PYTHONPATH=<side folder>:<repo root>` and `PYTHONNOUSERSITE=1`;
+the side folder shadows the main venv for the packages it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tests import legacy_flax
+
+REPO_ROOT = legacy_flax.REPO_ROOT
+JIMM_LIB_VERSION = "0.4.0"
+JIMM_LIB_REQUIREMENT = f"jax-image-models=={JIMM_LIB_VERSION}"
+_JIMM_CHECK = (
+    "import sys, jimm; from jimm import VisionTransformer; "
+    f"assert jimm.__version__ == {JIMM_LIB_VERSION!r}, jimm.__version__; "
+    "assert jimm.__file__.startswith(sys.argv[1]), jimm.__file__"
+)
+
+
+def legacy_flax_dir() -> Path:
+    return legacy_flax.ensure_installed()
+
+
+def jimm_lib_dir() -> Path:
+    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    default = REPO_ROOT / ".cache" / f"jax-image-models-{JIMM_LIB_VERSION}-{py}"
+    return Path(os.environ.get("JIMM_LIB_DIR", default))
+
+
+def _resolve(requirement: str, tmp: Path) -> list[str]:
+    """`name==version` of what installing `requirement` into the main env would add or replace."""
+    report = tmp / "pip-report.json"
+    legacy_flax._run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
+                      "--report", str(report), requirement], f"resolving {requirement}")
+    pins = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in json.loads(report.read_text())["install"]]
+    report.unlink()
+    name = requirement.split("==")[0].lower()
+    if not any(p.lower().startswith(name + "==") for p in pins):
+        raise legacy_flax.LegacyFlaxInstallError(f"pip's resolution does not include {requirement}: {pins}")
+    return sorted(pins)
+
+
+def ensure_jimm_lib() -> Path:
+    """The folder holding the `jimm` NNX library; installs it (once, under a lock) if needed."""
+    target = jimm_lib_dir()
+    if (target / legacy_flax.STAMP).exists():
+        return target
+    with legacy_flax._file_lock(target.with_name(target.name + ".lock")):
+        if (target / legacy_flax.STAMP).exists():
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            pins = _resolve(JIMM_LIB_REQUIREMENT, tmp)
+            legacy_flax._run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                              "--no-deps", "--target", str(tmp), *pins], f"installing {pins} beside the main env")
+            legacy_flax._run([sys.executable, "-c", _JIMM_CHECK, str(tmp)], "importing the side-installed jimm",
+                             env=side_env(tmp), cwd=tmp)
+            (tmp / legacy_flax.STAMP).write_text(json.dumps({"requirement": JIMM_LIB_REQUIREMENT, "packages": pins,
+                                                             "python": sys.version}, indent=2))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def side_env(folder: Path | None) -> dict[str, str]:
+    """Environment for a contender subprocess: the side folder (if any) first, then the repo."""
+    env = dict(os.environ) if folder is None else legacy_flax._legacy_env(folder)
+    if "JAX_PLATFORMS" in os.environ:  # _legacy_env pins cpu for the parity tests; keep ours
+        env["JAX_PLATFORMS"] = os.environ["JAX_PLATFORMS"]
+    else:
+        env.pop("JAX_PLATFORMS", None)
+    paths = ([str(folder)] if folder is not None else []) + [str(REPO_ROOT)]
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths + rest)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONNOUSERSITE"] = "1"
+    return env

@@ -1,0 +1,472 @@
+"""One contender, one workload, in this process: `python -m benchmarks.worker SPEC.json`.
+
+The parent (`benchmarks.run`) writes the spec (checkpoint directory, input files, task, steps)
+and reads back one JSON line from stdout plus the contender's outputs (`<out>/check.npz`) for
+the agreement check. This module imports only what the contender needs, because side-installed
+contenders (legacy HF Flax on transformers 4.57.6, the `jimm` library) run it on a PYTHONPATH
+where `jimm_linen` and transformers 5 must not be imported.
+
+Timing protocol inside one process: build (load the checkpoint) -> compile (JAX: AOT
+`lower().compile()`, timed; torch.compile: the first call, timed; torch eager: the first call)
+-> `warmup` untimed steps -> `steps` timed steps, each run to completion
+(`block_until_ready` / results on host). A training step is forward + cross-entropy on fixed
+random labels + backward + AdamW (lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01), with
+parameters and optimizer state donated where the framework allows it.
+
+Memory: `xla_peak_bytes` is XLA's `memory_analysis()` of the compiled step (arguments + outputs
+- aliased (donated) + temporaries) for JAX contenders, None for torch; `max_rss_bytes` is the
+process' peak resident set (`getrusage`), for every contender (includes the framework itself
+and the loaded checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+LR, B1, B2, EPS, WD = 1e-3, 0.9, 0.999, 1e-8, 0.01
+
+
+def _version(dist: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _versions(*dists: str) -> dict[str, str | None]:
+    return {d: _version(d) for d in dists}
+
+
+class Bench:
+    """What a contender hands back: `compile()` -> seconds, `step()` runs one step to
+    completion, `check()` -> {name: array} compared across contenders."""
+
+    def __init__(self, compile, step, check, versions, xla_peak_bytes=None, flops=None):
+        self.compile, self.step, self.check = compile, step, check
+        self.versions, self.xla_peak_bytes, self.flops = versions, xla_peak_bytes, flops
+
+
+# --- JAX helpers ---------------------------------------------------------------------------------
+
+def _xla_peak(compiled) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+    if m is None:
+        return None
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
+def _xla_flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        return float(ca.get("flops")) if ca and ca.get("flops") else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _ce(logits, labels):
+    import jax.numpy as jnp
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+
+
+def _adamw():
+    import optax
+
+    return optax.adamw(LR, b1=B1, b2=B2, eps=EPS, weight_decay=WD)
+
+
+def _jax_apply_bench(spec, fwd_fn, params, x, labels, versions):
+    """Inference or training bench around a pure `fwd_fn(params, x) -> logits` (jax.jit)."""
+    import jax
+    import numpy as np
+    import optax
+
+    state = {}
+    if spec["task"] == "infer":
+        jitted = jax.jit(fwd_fn)
+        args = (params, x)
+
+        def step():
+            state["out"] = jax.block_until_ready(jitted(params, x))
+
+        def check():
+            return {"logits": np.asarray(jitted(params, x), np.float32)}
+    else:
+        tx = _adamw()
+        opt_state = tx.init(params)
+
+        def train_step(p, o, x, y):
+            loss, grads = jax.value_and_grad(lambda p: _ce(fwd_fn(p, x), y))(p)
+            updates, o = tx.update(grads, o, p)
+            return optax.apply_updates(p, updates), o, loss
+
+        jitted = jax.jit(train_step, donate_argnums=(0, 1))
+        grad_fn = jax.jit(lambda p, x, y: jax.value_and_grad(lambda p: _ce(fwd_fn(p, x), y))(p))
+        # Reference numbers from the initial parameters, before donation consumes them.
+        loss0, g0 = grad_fn(params, x, labels)
+        state["check"] = {"loss": np.asarray(loss0, np.float32),
+                          "grad_norm": np.asarray(optax.global_norm(g0), np.float32)}
+        del g0
+        state.update(p=params, o=opt_state)
+        args = (params, opt_state, x, labels)
+
+        def step():
+            state["p"], state["o"], loss = jitted(state["p"], state["o"], x, labels)
+            state.setdefault("first_loss", np.asarray(loss, np.float32))
+            jax.block_until_ready(state["p"])
+
+        def check():
+            return {**state["check"], "first_step_loss": state["first_loss"]}
+
+    holder = {}
+
+    def compile_():
+        t0 = time.perf_counter()
+        holder["c"] = jitted.lower(*args).compile()
+        return time.perf_counter() - t0
+
+    bench = Bench(compile_, step, check, versions)
+    bench._holder = holder
+    return bench
+
+
+def _finish_jax(bench):
+    c = bench._holder.get("c")
+    if c is not None:
+        bench.xla_peak_bytes, bench.flops = _xla_peak(c), _xla_flops(c)
+
+
+# --- contenders ----------------------------------------------------------------------------------
+
+def _load_inputs(spec, layout: str):
+    import numpy as np
+
+    images = np.load(spec["images"])  # NCHW float32, as HF takes them
+    labels = np.load(spec["labels"]).astype(np.int32)
+    if layout == "nhwc":
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    return images, labels
+
+
+def _jax_dtype(spec):
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[spec["dtype"]]
+
+
+def _attention(spec):
+    name = spec.get("attention") or "default"
+    if name == "default":
+        return None
+    import jimm_linen
+
+    return jimm_linen.make_tokamax_attention(name)
+
+
+def jimm_linen_bench(spec) -> Bench:
+    import jax.numpy as jnp
+
+    import jimm_linen
+
+    images, labels = _load_inputs(spec, "nhwc")
+    dtype = _jax_dtype(spec)
+    model, variables = jimm_linen.from_pretrained(
+        spec["checkpoint"], attention_fn=_attention(spec), dtype=dtype, scan=spec.get("scan", True),
+        remat_policy=spec.get("remat", "none"))
+    x = jnp.asarray(images, dtype)
+
+    def fwd(p, x):
+        return model.apply({"params": p}, x)
+
+    return _jax_apply_bench(spec, fwd, variables["params"], x, jnp.asarray(labels),
+                            _versions("jax", "jaxlib", "flax", "optax"))
+
+
+def jimm_nnx_bench(spec) -> Bench:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    import jimm_nnx
+
+    images, labels = _load_inputs(spec, "nhwc")
+    dtype = _jax_dtype(spec)
+    model = jimm_nnx.VisionTransformer.from_pretrained(
+        spec["checkpoint"], sharding=jimm_nnx.NoSharding(), attention_fn=_attention(spec), dtype=dtype,
+        scan=spec.get("scan", True))
+    return _nnx_bench(spec, model, jnp.asarray(images, dtype), jnp.asarray(labels),
+                      _versions("jax", "jaxlib", "flax", "optax"))
+
+
+def _nnx_bench(spec, model, x, y, versions, call=lambda m, x: m(x)) -> Bench:
+    """Inference / training bench for an `nnx.Module` through `nnx.jit`."""
+    import jax
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    state = {}
+    if spec["task"] == "infer":
+        fwd = nnx.jit(call)
+        args = (model, x)
+
+        def step():
+            jax.block_until_ready(fwd(model, x))
+
+        def check():
+            return {"logits": np.asarray(fwd(model, x), np.float32)}
+    else:
+        optimizer = nnx.Optimizer(model, _adamw(), wrt=nnx.Param)
+
+        def loss_fn(m, x, y):
+            return _ce(call(m, x), y)
+
+        @nnx.jit
+        def grads_of(m, x, y):
+            loss, g = nnx.value_and_grad(loss_fn)(m, x, y)
+            return loss, optax.global_norm(g)
+
+        loss0, gn = grads_of(model, x, y)
+        state["check"] = {"loss": np.asarray(loss0, np.float32), "grad_norm": np.asarray(gn, np.float32)}
+
+        def train_step(m, opt, x, y):
+            loss, g = nnx.value_and_grad(loss_fn)(m, x, y)
+            opt.update(m, g)
+            return loss
+
+        fwd = nnx.jit(train_step, donate_argnums=(0, 1))
+        args = (model, optimizer, x, y)
+
+        def step():
+            loss = fwd(model, optimizer, x, y)
+            state.setdefault("first_loss", np.asarray(loss, np.float32))
+            jax.block_until_ready(nnx.state(model, nnx.Param))
+
+        def check():
+            return {**state["check"], "first_step_loss": state["first_loss"]}
+
+    holder = {}
+
+    def compile_():
+        t0 = time.perf_counter()
+        holder["c"] = fwd.lower(*args).compile()
+        return time.perf_counter() - t0
+
+    bench = Bench(compile_, step, check, versions)
+    bench._holder = holder
+    return bench
+
+
+def jimm_lib_bench(spec) -> Bench:
+    """The `jimm` NNX library (PyPI jax-image-models), side-installed. It shards its parameters
+    over a mesh axis named `fsdp`, so it runs under a 1-device ("fsdp",) mesh."""
+    import jax
+    import jax.numpy as jnp
+
+    import jimm
+
+    images, labels = _load_inputs(spec, "nhwc")
+    dtype = _jax_dtype(spec)
+    mesh = jax.make_mesh((1,), ("fsdp",), devices=jax.devices()[:1])
+    jax.set_mesh(mesh)  # global: every later trace sees it
+    model = jimm.VisionTransformer.from_pretrained(spec["checkpoint"], dtype=dtype, param_dtype=jnp.float32)
+    model.eval()  # its dropout_rate defaults to 0.1; HF's checkpoint says 0.0
+    return _nnx_bench(spec, model, jnp.asarray(images, dtype), jnp.asarray(labels),
+                      {**_versions("jax", "jaxlib", "flax", "optax"), "jax-image-models": jimm.__version__})
+
+
+def legacy_hf_flax_bench(spec) -> Bench:
+    """`transformers==4.57.6` FlaxViTForImageClassification (side-installed), `from_pt=True`
+    from the same safetensors file; `jax.jit` of a function of its params."""
+    import jax.numpy as jnp
+    import transformers
+    from transformers import FlaxViTForImageClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    images, labels = _load_inputs(spec, "nchw")  # the HF Flax ViT takes NCHW and transposes inside
+    dtype = _jax_dtype(spec)
+    model = FlaxViTForImageClassification.from_pretrained(spec["checkpoint"], from_pt=True, dtype=dtype)
+
+    def fwd(p, x):
+        return model(x, params=p, train=False).logits
+
+    return _jax_apply_bench(spec, fwd, model.params, jnp.asarray(images, dtype), jnp.asarray(labels),
+                            {**_versions("jax", "jaxlib", "flax", "optax"), "transformers": transformers.__version__})
+
+
+def _torch_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    images, labels = _load_inputs(spec, "nchw")
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
+    device = spec.get("device", "cpu")
+    kw = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForImageClassification.from_pretrained(spec["checkpoint"], dtype=tdtype, **kw).to(device)
+    x = torch.from_numpy(images).to(device, tdtype)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    versions = _versions("torch", "transformers")
+    state = {}
+    if spec["task"] == "infer":
+        model.eval()
+        fwd = torch.compile(model) if compiled else model
+
+        def step():
+            with torch.inference_mode():
+                state["out"] = fwd(pixel_values=x).logits
+            sync()
+
+        def check():
+            with torch.inference_mode():
+                return {"logits": fwd(pixel_values=x).logits.float().cpu().numpy()}
+    else:
+        model.train()  # the checkpoint's dropout probabilities are 0: same math as eval
+        opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD)
+
+        def loss_fn(x, y):
+            return F.cross_entropy(model(pixel_values=x).logits.float(), y)
+
+        lf = torch.compile(loss_fn) if compiled else loss_fn
+        loss0 = loss_fn(x, y)
+        loss0.backward()
+        gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
+        state["check"] = {"loss": np.float32(loss0.item()), "grad_norm": np.float32(gn.item())}
+        opt.zero_grad(set_to_none=True)
+
+        def step():
+            loss = lf(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state.setdefault("first_loss", np.float32(loss.item()))
+            sync()
+
+        def check():
+            return {**state["check"], "first_step_loss": state["first_loss"]}
+
+    def compile_():  # eager: the first call (allocator, caches); compile: tracing + inductor
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
+
+    return Bench(compile_, step, check, {**versions, "transformers": transformers.__version__})
+
+
+CONTENDERS = {
+    "jimm_linen": jimm_linen_bench,
+    "jimm_nnx": jimm_nnx_bench,
+    "hf_torch_eager": lambda spec: _torch_bench(spec, compiled=False),
+    "hf_torch_compile": lambda spec: _torch_bench(spec, compiled=True),
+    "hf_torch_sdpa_compile": lambda spec: _torch_bench(spec, compiled=True, attn="sdpa"),
+    "legacy_hf_flax": legacy_hf_flax_bench,
+    "jimm_lib": jimm_lib_bench,
+}
+
+
+def compile_only(spec) -> dict:
+    """AOT compile time of jimm_linen's forward or training step from abstract parameters (no
+    checkpoint: weights do not change what XLA compiles)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jimm_linen
+
+    cfg = jimm_linen.ViTConfig.from_hf_config(dict(spec["hf_config"], num_hidden_layers=spec["depth"]))
+    model = jimm_linen.ViT(cfg, attention_fn=_attention(spec), scan=spec["scan"])
+    x = jax.ShapeDtypeStruct((spec["batch"], cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
+    y = jax.ShapeDtypeStruct((spec["batch"],), jnp.int32)
+    params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(x.shape)))["params"])
+    if spec["compile_task"] == "infer":
+        fn, args, donate = (lambda p, x: model.apply({"params": p}, x)), (params, x), ()
+    else:
+        tx = _adamw()
+
+        def fn(p, o, x, y):
+            loss, g = jax.value_and_grad(lambda p: _ce(model.apply({"params": p}, x), y))(p)
+            u, o = tx.update(g, o, p)
+            return optax.apply_updates(p, u), o, loss
+
+        args, donate = (params, jax.eval_shape(tx.init, params), x, y), (0, 1)
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return dict(contender=spec["contender"], versions=_versions("jax", "jaxlib", "flax"), compile_s=t2 - t0,
+                lower_s=t1 - t0, xla_compile_s=t2 - t1, xla_peak_bytes=_xla_peak(compiled),
+                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, pid=os.getpid())
+
+
+def run(spec: dict) -> dict:
+    if spec["task"] == "compile":
+        return compile_only(spec)
+    t0 = time.perf_counter()
+    bench = CONTENDERS[spec["contender"]](spec)
+    load_s = time.perf_counter() - t0
+    compile_s = bench.compile()
+    if hasattr(bench, "_holder"):
+        _finish_jax(bench)
+    for _ in range(spec["warmup"]):
+        bench.step()
+    times = []
+    for _ in range(spec["steps"]):
+        t0 = time.perf_counter()
+        bench.step()
+        times.append(time.perf_counter() - t0)
+    check = bench.check()
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
+    if spec.get("corrupt"):  # test hook: a deliberately wrong output must be rejected
+        check = {k: np.asarray(v) * 1.01 + 0.01 for k, v in check.items()}
+    np.savez(out / "check.npz", **check)
+    med = statistics.median(times)
+    device_kind = None
+    if "jax" in sys.modules:
+        device_kind = sys.modules["jax"].devices()[0].device_kind
+    elif spec.get("device", "cpu").startswith("cuda"):
+        device_kind = sys.modules["torch"].cuda.get_device_name()
+    return dict(device_kind=device_kind, 
+        contender=spec["contender"], versions=bench.versions, load_s=load_s, compile_s=compile_s,
+        median_s=med, min_s=min(times), max_s=max(times), times_s=times,
+        throughput=spec["batch"] / med, xla_peak_bytes=bench.xla_peak_bytes,
+        max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, xla_flops=bench.flops,
+        pid=os.getpid(),
+    )
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    print("RESULT " + json.dumps(run(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""What the suites run: workloads, the contenders in each, and the FLOP count used for MFU.
+
+A workload names an HF config (the checkpoint every contender loads is built from it by
+`transformers` with seeded random weights and saved once per run), a task (`infer`, `train`,
+or `compile`: AOT compile time only, from abstract parameters), batch, dtype, and its entries:
+a contender plus per-entry options (attention backend, scan or loop, device). `reference` is
+the entry every other entry's outputs are checked against before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+VIT_B16 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+               image_size=224, patch_size=16, num_labels=1000)
+VIT_L16 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+               image_size=224, patch_size=16, num_labels=1000)
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            image_size=32, patch_size=8, num_labels=10)
+
+CPU_CONTENDERS = ("hf_torch_eager", "hf_torch_compile", "jimm_linen", "jimm_nnx", "legacy_hf_flax", "jimm_lib")
+SIDE_INSTALLED = ("legacy_hf_flax", "jimm_lib")
+TOKAMAX_GPU_BACKENDS = ("mosaic", "triton", "cudnn", "xla_chunked", "xla")
+
+AGREE_RTOL = {"float32": 1e-4, "bfloat16": 4e-2}  # max |out - ref| / max(1, max |ref|)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    contender: str
+    label: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.contender
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    task: str  # "infer" | "train" | "compile"
+    hf_config: dict[str, Any]
+    batch: int
+    dtype: str
+    entries: tuple[Entry, ...]
+    reference: str | None = "hf_torch_eager"
+    rounds: int | None = None  # None: the command line's --rounds
+    steps: int | None = None
+    status: str = "ready"  # anything else: listed, not run
+    note: str = ""
+
+
+def _entries(names) -> tuple[Entry, ...]:
+    return tuple(Entry(n) for n in names)
+
+
+def cpu_suite(quick: bool = False) -> list[Workload]:
+    cfg = TINY if quick else VIT_B16
+    batch = 2 if quick else 8
+    contenders = ("hf_torch_eager", "jimm_linen", "jimm_nnx") if quick else CPU_CONTENDERS
+    depth_cfg = TINY if quick else VIT_B16
+    depths = (1, 2, 4) if quick else (6, 12, 24)
+    long_cfg = dict(TINY, image_size=128) if quick else dict(VIT_B16, image_size=1024)
+    return [
+        Workload("vit_b16_infer", "infer", cfg, batch, "float32", _entries(contenders)),
+        Workload("vit_b16_train", "train", cfg, batch, "float32", _entries(contenders)),
+        Workload(
+            "clip_b32_image_text", "infer", {}, 8, "float32", (), status="pending",
+            note="CLIP ViT-B/32 image+text forward: waits for jimm_linen's CLIP (being built); the slot "
+                 "takes hf_torch_eager/compile CLIPModel, jimm_linen CLIP apply, jimm_nnx CLIP, "
+                 "legacy FlaxCLIPModel and jimm.CLIP on one saved CLIPModel checkpoint."),
+        Workload(
+            "compile_vs_depth", "compile", depth_cfg, batch, "float32",
+            tuple(Entry("jimm_linen", f"{task}-{'scan' if scan else 'loop'}-{d}L",
+                        dict(depth=d, scan=scan, compile_task=task))
+                  for task in ("infer", "train") for scan in (True, False) for d in depths),
+            reference=None, rounds=1),
+        Workload(
+            "long_sequence", "infer", long_cfg, 1, "float32",
+            (Entry("jimm_linen", "jimm_linen+default"),
+             Entry("jimm_linen", "jimm_linen+xla_chunked", dict(attention="xla_chunked"))),
+            reference="jimm_linen+default", rounds=1, steps=2 if quick else 10,
+            note=f"{(long_cfg['image_size'] // long_cfg['patch_size']) ** 2} patch tokens + cls"),
+    ]
+
+
+def gpu_suite(quick: bool = False) -> list[Workload]:
+    b16, l16 = (TINY, TINY) if quick else (VIT_B16, VIT_L16)
+    dev = dict(device="cuda")
+    train_batch = 2 if quick else 128
+    infer_batch = 2 if quick else 256
+    backends = tuple(Entry("jimm_linen", f"jimm_linen+{b}", dict(attention=b)) for b in TOKAMAX_GPU_BACKENDS)
+    return [
+        Workload("gpu_vit_b16_train_bf16", "train", b16, train_batch, "bfloat16",
+                 (Entry("jimm_linen"), Entry("hf_torch_sdpa_compile", options=dev)), reference="hf_torch_sdpa_compile"),
+        Workload("gpu_vit_l16_train_bf16", "train", l16, train_batch // 2, "bfloat16",
+                 (Entry("jimm_linen"), Entry("hf_torch_sdpa_compile", options=dev)), reference="hf_torch_sdpa_compile"),
+        Workload("gpu_vit_b16_infer_bf16", "infer", b16, infer_batch, "bfloat16",
+                 (Entry("jimm_linen"), Entry("jimm_nnx"), Entry("hf_torch_sdpa_compile", options=dev)),
+                 reference="hf_torch_sdpa_compile"),
+        Workload("gpu_attention_backends_bf16", "infer", b16, infer_batch, "bfloat16",
+                 (Entry("jimm_linen", "jimm_linen+default"),) + backends, reference="jimm_linen+default"),
+    ]
+
+
+def vit_flops(cfg: dict[str, Any], batch: int, train: bool) -> float:
+    """Model FLOPs of a ViT step (multiply-add = 2 FLOPs; matmuls only, the standard MFU count):
+
+        T = (image/patch)^2 + 1 tokens, d = hidden, m = mlp, L = layers, P = patch^2 * channels
+        forward per image = 2*T*L*(4*d^2 + 2*d*m)      (q, k, v, out and the two MLP matmuls)
+                          + 4*L*T^2*d                  (q.k^T and probs.v)
+                          + 2*(T-1)*P*d + 2*d*classes  (patch embedding, head)
+        training step = 3 x forward (backward = 2 x forward), x batch.
+
+    No remat; norms, softmax, GELU and the optimizer are not counted.
+    """
+    d, m, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    n = (cfg["image_size"] // cfg["patch_size"]) ** 2
+    t = n + 1
+    p = cfg["patch_size"] ** 2 * cfg.get("num_channels", 3)
+    fwd = 2 * t * layers * (4 * d * d + 2 * d * m) + 4 * layers * t * t * d + 2 * n * p * d + 2 * d * cfg.get("num_labels", 0)
+    return float(batch * fwd * (3 if train else 1))
+
+
+# Dense bf16 peak FLOP/s by device kind (vendor datasheets, no sparsity).
+PEAK_BF16 = {"H100 80GB HBM3": 989e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+    for k, v in PEAK_BF16.items():
+        if k in device_kind:
+            return v
+    return None

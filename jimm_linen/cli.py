@@ -17,8 +17,8 @@ def _parity(args) -> int:
         print(f"--paths must name some of {sorted(parity.RUNNERS)}, got {args.paths!r}", file=sys.stderr)
         return 2
     if args.full and args.checkpoints:
-        print("--full adds ViT-B/16 to the embedded defaults; it does not apply to checkpoint directories",
-              file=sys.stderr)
+        print("--full adds the full-size configs to the embedded defaults; it does not apply to checkpoint "
+              "directories", file=sys.stderr)
         return 2
     results = []
     if args.checkpoints:
@@ -27,16 +27,21 @@ def _parity(args) -> int:
             if args.image_size:
                 results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch, args.image_size)
     else:
-        configs = dict(parity.VIT_CONFIGS)
-        if args.full:
-            configs["vit-b16"] = parity.VIT_B16
+        families = [f for f in args.family.split(",") if f]
+        unknown = set(families) - set(parity.DEFAULTS)
+        if unknown or not families:
+            print(f"--family must name some of {sorted(parity.DEFAULTS)}, got {args.family!r}", file=sys.stderr)
+            return 2
+        configs = [(fam, name, cfg) for fam in families
+                   for name, cfg in {**parity.DEFAULTS[fam], **(parity.FULL[fam] if args.full else {})}.items()]
         with tempfile.TemporaryDirectory() as tmp:
-            for i, (name, cfg) in enumerate(configs.items()):
+            for i, (fam, name, cfg) in enumerate(configs):
                 directory = Path(tmp) / name
-                parity.build_vit_reference(cfg, directory, seed=i)
+                model = parity.build_reference(fam, cfg, directory, seed=i)
                 results += parity.check_directory(name, directory, paths, args.batch)
                 # The same checkpoint at another resolution, through interpolate_pos_encoding.
-                other = args.image_size or cfg["image_size"] + 2 * cfg["patch_size"]
+                vision = getattr(model.config, "vision_config", model.config)
+                other = args.image_size or vision.image_size + 2 * vision.patch_size
                 results += parity.check_directory(name, directory, paths, args.batch, other)
     print(parity.format_table(results))
     bad = [f"{r.name}/{r.path}" for r in results if not r.ok]
@@ -52,13 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("parity", help="compare jimm with HF Transformers' PyTorch models")
     p.add_argument("checkpoints", nargs="*", type=Path,
-                   help="HF checkpoint directories; default: small random-weight reference models built here")
+                   help="HF checkpoint directories (ViT, CLIP, SigLIP); default: small random-weight reference models built here")
     p.add_argument("--paths", default="linen,nnx", help="which jimm faces to check (default: linen,nnx)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--image-size", type=int, default=None,
                    help="also run at this resolution, interpolating position embeddings "
                         "(default for the embedded models: two patches larger)")
-    p.add_argument("--full", action="store_true", help="add the full-size ViT-B/16 config to the defaults")
+    p.add_argument("--family", default="vit,clip,siglip",
+                   help="which model families the embedded defaults cover (default: vit,clip,siglip)")
+    p.add_argument("--full", action="store_true",
+                   help="add the full-size configs (ViT-B/16, CLIP ViT-B/32, SigLIP base/16) to the defaults")
     args = parser.parse_args(argv)
     if args.command == "parity":
         return _parity(args)

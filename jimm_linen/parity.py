@@ -30,9 +30,52 @@ VIT_CONFIGS: dict[str, dict[str, Any]] = {
                                     hidden_act="quick_gelu", layer_norm_eps=1e-5, num_labels=10),
 }
 
-# The real size: some bugs only show at real sizes.
+# Small CLIP configs: projection_dim unlike either tower's width, an activation and a
+# LayerNorm eps per tower, EOS ids that are not the largest id, and the old `eos_token_id == 2`
+# configs that HF pools at the largest id.
+CLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "clip-quick_gelu-eos5": dict(
+        projection_dim=24,
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=12, pad_token_id=1,
+                         bos_token_id=3, eos_token_id=5),
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=16, patch_size=4)),
+    "clip-gelu-eos2-32px": dict(
+        projection_dim=40,
+        text_config=dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=3, max_position_embeddings=9, hidden_act="gelu",
+                         layer_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=32, patch_size=8, hidden_act="gelu_new", layer_norm_eps=1e-6)),
+}
+
+# Small SigLIP configs: the text head projects to the image width; activations and eps per tower.
+SIGLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "siglip-tanh-16px": dict(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=10, projection_size=48,
+                         pad_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=16, patch_size=4)),
+    "siglip-gelu-24px": dict(
+        text_config=dict(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=7, projection_size=32,
+                         hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=0, eos_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=24, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)),
+}
+
+# The real sizes: some bugs only show at real sizes.
 VIT_B16: dict[str, Any] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                intermediate_size=3072, image_size=224, patch_size=16, num_labels=1000)
+CLIP_B32: dict[str, Any] = {}  # transformers' CLIPConfig defaults are openai/clip-vit-base-patch32
+SIGLIP_B16: dict[str, Any] = {}  # SiglipConfig defaults are google/siglip-base-patch16-224
+
+# family -> {name: HF config kwargs}: what `jimm parity` runs by default, and with `--full`.
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS}
+FULL: dict[str, dict[str, dict[str, Any]]] = {"vit": {"vit-b16": VIT_B16}, "clip": {"clip-vit-b32": CLIP_B32},
+                                              "siglip": {"siglip-base16": SIGLIP_B16}}
 
 
 def perturb_(model, seed: int, scale: float = 0.1) -> None:
@@ -69,6 +112,24 @@ def build_vit_reference(config_kwargs: dict[str, Any], out_dir: str | Path, seed
     return model
 
 
+def build_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):
+    """HF's PyTorch model of `family` ("vit", "clip", "siglip") with seeded random weights
+    (norms and biases perturbed), saved to `out_dir`."""
+    if family == "vit":
+        return build_vit_reference(config_kwargs, out_dir, seed)
+    import torch
+    import transformers
+
+    _quiet_transformers()
+    config_cls, model_cls = {"clip": (transformers.CLIPConfig, transformers.CLIPModel),
+                             "siglip": (transformers.SiglipConfig, transformers.SiglipModel)}[family]
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**config_kwargs)).eval()
+    perturb_(model, seed + 1)
+    model.save_pretrained(out_dir)
+    return model
+
+
 def load_reference(directory: str | Path):
     """HF's PyTorch model for a checkpoint directory, picked from its config like AutoModel does."""
     from transformers import AutoModel, AutoModelForImageClassification
@@ -83,6 +144,23 @@ def random_images(batch: int, size: int | tuple[int, int], channels: int, seed: 
     """NCHW float32 pixel values, as HF models take them."""
     h, w = (size, size) if isinstance(size, int) else size
     return np.random.RandomState(seed).randn(batch, channels, h, w).astype(np.float32)
+
+
+def random_text(batch: int, length: int, vocab_size: int, eos_token_id: int, pad_token_id: int,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`(input_ids, attention_mask)`, int64: random ids other than EOS and padding, one EOS per
+    row at a position that differs between rows, then padding (mask 0). The first row is
+    unpadded (EOS last), so both the padded and unpadded cases run."""
+    rng = np.random.RandomState(seed)
+    allowed = np.setdiff1d(np.arange(vocab_size), [eos_token_id, pad_token_id])
+    ids = rng.choice(allowed, size=(batch, length))
+    mask = np.ones((batch, length), np.int64)
+    for row in range(batch):
+        eos = length - 1 - (row * 2) % max(1, length - 1)
+        ids[row, eos] = eos_token_id
+        ids[row, eos + 1:] = pad_token_id
+        mask[row, eos + 1:] = 0
+    return ids.astype(np.int64), mask
 
 
 def reference_outputs(model, pixel_values: np.ndarray, interpolate_pos_encoding: bool = False):
@@ -101,6 +179,29 @@ def reference_outputs(model, pixel_values: np.ndarray, interpolate_pos_encoding:
     return main.numpy(), [h.numpy() for h in out.hidden_states]
 
 
+def image_text_reference(model, pixel_values, input_ids, attention_mask=None, interpolate_pos_encoding=False):
+    """HF CLIPModel / SiglipModel outputs as `(logits_per_image, {name: tensor})` with the
+    embeddings and both towers' hidden states (named as `image_text_named` names them)."""
+    import torch
+
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(pixel_values), input_ids=torch.from_numpy(input_ids),
+                    attention_mask=None if attention_mask is None else torch.from_numpy(attention_mask),
+                    output_hidden_states=True, interpolate_pos_encoding=interpolate_pos_encoding)
+    named = {"image_embeds": out.image_embeds.numpy(), "text_embeds": out.text_embeds.numpy()}
+    named.update({f"img {i}": h.numpy() for i, h in enumerate(out.vision_model_output.hidden_states)})
+    named.update({f"txt {i}": h.numpy() for i, h in enumerate(out.text_model_output.hidden_states)})
+    return out.logits_per_image.numpy(), named
+
+
+def image_text_named(out) -> tuple[Any, dict[str, Any]]:
+    """Our `ImageTextOutput` (with hidden states) in the form `image_text_reference` gives."""
+    named = {"image_embeds": out.image_embeds, "text_embeds": out.text_embeds}
+    named.update({f"img {i}": h for i, h in enumerate(out.vision_output.hidden_states)})
+    named.update({f"txt {i}": h for i, h in enumerate(out.text_output.hidden_states)})
+    return out.logits_per_image, named
+
+
 @dataclasses.dataclass
 class ParityResult:
     name: str
@@ -108,7 +209,7 @@ class ParityResult:
     max_abs: float
     rel: float  # max_abs / max(1, max|ref|)
     argmax_agree: float  # fraction of rows whose argmax matches
-    worst_layer: int
+    worst_layer: str  # the intermediate tensor (hidden state, embedding) furthest from the reference
     worst_layer_rel: float
     tol: float
 
@@ -117,79 +218,81 @@ class ParityResult:
         return self.rel <= self.tol and self.worst_layer_rel <= self.tol
 
 
-def compare(name: str, path: str, ours, ref, ours_layers, ref_layers) -> ParityResult:
+def compare(name: str, path: str, ours, ref, ours_named: dict[str, Any], ref_named: dict[str, Any]) -> ParityResult:
     ours, ref = np.asarray(ours, np.float32), np.asarray(ref, np.float32)
     if ours.shape != ref.shape:
         raise ValueError(f"{name}/{path}: output shape {ours.shape} vs reference {ref.shape}")
     max_abs = float(np.abs(ours - ref).max())
-    if len(ours_layers) != len(ref_layers):
-        raise ValueError(f"{name}/{path}: {len(ours_layers)} hidden states vs reference {len(ref_layers)}")
-    layer_rel = [float(np.abs(np.asarray(a) - b).max() / max(1.0, np.abs(b).max()))
-                 for a, b in zip(ours_layers, ref_layers)]
-    worst = int(np.argmax(layer_rel))
+    if set(ours_named) != set(ref_named):
+        raise ValueError(f"{name}/{path}: intermediate tensors {sorted(ours_named)} vs reference {sorted(ref_named)}")
+    rel = {k: float(np.abs(np.asarray(ours_named[k], np.float32) - ref_named[k]).max()
+                    / max(1.0, np.abs(ref_named[k]).max())) for k in ref_named}
+    worst = max(rel, key=rel.get)
     return ParityResult(
         name=name, path=path, max_abs=max_abs, rel=max_abs / max(1.0, float(np.abs(ref).max())),
         argmax_agree=float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
-        worst_layer=worst, worst_layer_rel=layer_rel[worst], tol=RTOL,
+        worst_layer=worst, worst_layer_rel=rel[worst], tol=RTOL,
     )
 
 
-def linen_runner(directory: Path) -> Callable:
-    import jax.numpy as jnp
+def _load(directory: Path, path: str):
+    """jimm's model for `directory` through one face: a function of the model inputs."""
+    if path == "linen":
+        import jimm_linen
 
-    import jimm_linen
-
-    model, variables = jimm_linen.from_pretrained(directory)
-
-    def run(images_nhwc, interpolate_pos_encoding=False):
-        out = model.apply(variables, jnp.asarray(images_nhwc), return_hidden_states=True,
-                          interpolate_pos_encoding=interpolate_pos_encoding)
-        return out.output, out.hidden_states
-
-    return run
-
-
-def nnx_runner(directory: Path) -> Callable:
-    import jax.numpy as jnp
-
+        model, variables = jimm_linen.from_pretrained(directory)
+        return lambda *args, **kwargs: model.apply(variables, *args, **kwargs)
     import jimm_nnx
 
-    model = jimm_nnx.VisionTransformer.from_pretrained(directory, sharding=jimm_nnx.NoSharding())
-
-    def run(images_nhwc, interpolate_pos_encoding=False):
-        out = model(jnp.asarray(images_nhwc), return_hidden_states=True,
-                    interpolate_pos_encoding=interpolate_pos_encoding)
-        return out.output, out.hidden_states
-
-    return run
+    model_type = json.loads((directory / "config.json").read_text())["model_type"]
+    cls = {"vit": jimm_nnx.VisionTransformer, "clip": jimm_nnx.CLIP, "siglip": jimm_nnx.SigLIP}[model_type]
+    return cls.from_pretrained(directory, sharding=jimm_nnx.NoSharding())
 
 
-RUNNERS = {"linen": linen_runner, "nnx": nnx_runner}
+RUNNERS = ("linen", "nnx")
 
 
-def check_directory(name: str, directory: Path, paths=("linen", "nnx"), batch: int = 2,
+def check_directory(name: str, directory: Path, paths=RUNNERS, batch: int = 2,
                     image_size: int | None = None, seed: int = 0) -> list[ParityResult]:
-    """Run HF's model and jimm's (each path) on the same random images; one result per path.
+    """Run HF's model and jimm's (each path) on the same random inputs; one result per path.
     At an `image_size` other than the config's, position embeddings are interpolated and the
-    rows are named `name@<size>px`."""
+    rows are named `name@<size>px`. Image-text models get random token ids with padding and
+    an `attention_mask` (row 0 unpadded)."""
+    import jax.numpy as jnp
+
+    directory = Path(directory)
     ref_model = load_reference(directory)
     cfg = ref_model.config
-    size = image_size or cfg.image_size
-    interpolate = size != cfg.image_size
+    vision_cfg = getattr(cfg, "vision_config", cfg)
+    size = image_size or vision_cfg.image_size
+    interpolate = size != vision_cfg.image_size
     if interpolate:
         name = f"{name}@{size}px"
-    pixels = random_images(batch, size, cfg.num_channels, seed)
-    ref, ref_layers = reference_outputs(ref_model, pixels, interpolate)
-    images = pixels.transpose(0, 2, 3, 1)
+    pixels = random_images(batch, size, vision_cfg.num_channels, seed)
+    images = jnp.asarray(pixels.transpose(0, 2, 3, 1))
+    if hasattr(cfg, "text_config"):
+        t = cfg.text_config
+        ids, mask = random_text(batch, t.max_position_embeddings, t.vocab_size, t.eos_token_id, t.pad_token_id, seed)
+        ref, ref_named = image_text_reference(ref_model, pixels, ids, mask, interpolate)
+        inputs = (images, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+        named = image_text_named
+    else:
+        ref, ref_layers = reference_outputs(ref_model, pixels, interpolate)
+        ref_named = {f"hidden {i}": h for i, h in enumerate(ref_layers)}
+        inputs = (images,)
+
+        def named(out):
+            return out.output, {f"hidden {i}": h for i, h in enumerate(out.hidden_states)}
     results = []
     for path in paths:
-        ours, ours_layers = RUNNERS[path](directory)(images, interpolate)
-        results.append(compare(name, path, ours, ref, ours_layers, ref_layers))
+        run = _load(directory, path)
+        ours, ours_named = named(run(*inputs, return_hidden_states=True, interpolate_pos_encoding=interpolate))
+        results.append(compare(name, path, ours, ref, ours_named, ref_named))
     return results
 
 
 def format_table(results: list[ParityResult]) -> str:
-    header = ("model", "path", "max abs diff", "rel diff", "argmax agree", "worst layer (rel)", "ok")
+    header = ("model", "path", "max abs diff", "rel diff", "argmax agree", "worst tensor (rel)", "ok")
     rows = [(r.name, r.path, f"{r.max_abs:.2e}", f"{r.rel:.2e}", f"{r.argmax_agree:.0%}",
              f"{r.worst_layer} ({r.worst_layer_rel:.2e})", "yes" if r.ok else "NO") for r in results]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]

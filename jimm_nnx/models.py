@@ -15,8 +15,9 @@ from flax import nnx
 import bridge
 import jimm_linen
 from jimm_linen.layers import remat_policy
+from jimm_linen.models import clip as linen_clip
 from jimm_linen.models.vit import ViT, ViTConfig
-from jimm_linen.models.vit import hf as vit_hf
+from jimm_linen.pretrained import FAMILIES
 from jimm_nnx.sharding import ShardingArg, resolve_sharding
 
 RngsArg = nnx.Rngs | jax.Array | int | None
@@ -37,21 +38,23 @@ def _default_rngs(rngs: RngsArg) -> nnx.Rngs | jax.Array | int:
     return nnx.Rngs(0) if rngs is None else rngs
 
 
-class VisionTransformer(bridge.LinenModule):
-    """`jimm_linen.ViT` as an `nnx.Module`: `model(images)` on NHWC float images gives logits
-    (or pooled features for a checkpoint without a classifier head).
-
-    Build it with `from_pretrained` (an HF ViT checkpoint directory or hub id) or
-    `from_config` (random init). `nnx.state(model, nnx.Param)` is the Linen params tree, so
-    `bridge.to_linen_variables(model)` and `jimm_linen` checkpoints work on it unchanged.
+class PretrainedModel(bridge.LinenModule):
+    """What every jimm_nnx model shares: a `jimm_linen` module of type `linen_cls` and its
+    variables as one `nnx.Module`, built with `from_pretrained` (an HF checkpoint directory or
+    hub id) or `from_config` (random init). `nnx.state(model, nnx.Param)` is the Linen params
+    tree, so `bridge.to_linen_variables(model)` and `jimm_linen` checkpoints work on it unchanged.
     """
+
+    linen_cls: type = ViT
+    config_cls: type = ViTConfig
+    model_type: str = "vit"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, attention_fn: Callable | None = None,
                         dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                         sharding: ShardingArg = None, use_gradient_checkpointing: bool | str = False,
-                        rngs: RngsArg = None, **kwargs: Any) -> VisionTransformer:
-        """Load an HF ViT checkpoint. `param_dtype=None` keeps the stored dtype. `sharding`:
+                        rngs: RngsArg = None, **kwargs: Any):
+        """Load an HF checkpoint. `param_dtype=None` keeps the stored dtype. `sharding`:
         `Sharding(rules, mesh)`, `NoSharding()` or a preset name; the default shards FSDP-style
         on the current mesh if one is set. Each parameter is read straight into its sharding.
         `kwargs` go to `jimm_linen.from_pretrained` (`dont_load=`, `scan=`, config overrides
@@ -62,28 +65,41 @@ class VisionTransformer(bridge.LinenModule):
             name_or_path, dtype=dtype, param_dtype=param_dtype, attention_fn=attention_fn,
             remat_policy=_remat(use_gradient_checkpointing), rng=bridge.rng_streams(rngs)["params"],
             mesh=placement.mesh, rules=placement.rules, **kwargs)
-        if not isinstance(module, ViT):
-            raise ValueError(f"{name_or_path} holds a {type(module).__name__}, not a ViT")
+        if not isinstance(module, cls.linen_cls):
+            raise ValueError(f"{name_or_path} holds a {type(module).__name__}, not a {cls.linen_cls.__name__} "
+                             f"(use the jimm_nnx class for its model_type)")
         return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | ViTConfig, *, rngs: RngsArg = None,
+    def from_config(cls, config: Mapping[str, Any] | Any, *, rngs: RngsArg = None,
                     attention_fn: Callable | None = None, dtype: Any = jnp.float32,
                     param_dtype: Any = jnp.float32, sharding: ShardingArg = None,
                     use_gradient_checkpointing: bool | str = False, scan: bool = True,
-                    **config_overrides: Any) -> VisionTransformer:
-        """A randomly initialised ViT from an HF `config.json` dict (or a `ViTConfig`), every
-        parameter created directly in its sharding. `rngs` is an `nnx.Rngs` (default
-        `nnx.Rngs(0)`, fresh per call), or a key or seed to initialise exactly like
-        `ViT.init(key, ...)`; it also drives dropout. `config_overrides` replace config fields."""
-        config = _vit_config(config, config_overrides)
-        module = ViT(config, attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype,
-                     scan=scan, remat_policy=_remat(use_gradient_checkpointing))
-        return cls.wrap(module, *vit_hf.dummy_inputs(config), rngs=_default_rngs(rngs),
+                    **config_overrides: Any):
+        """A randomly initialised model from an HF `config.json` dict (or a transformers config,
+        or a `jimm_linen` config), every parameter created directly in its sharding. `rngs` is
+        an `nnx.Rngs` (default `nnx.Rngs(0)`, fresh per call), or a key or seed to initialise
+        exactly like `module.init(key, ...)`; it also drives dropout. `config_overrides`
+        replace config fields."""
+        config = cls._config(config, config_overrides)
+        module = cls.linen_cls(config, attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype,
+                               scan=scan, remat_policy=_remat(use_gradient_checkpointing))
+        return cls.wrap(module, *FAMILIES[cls.model_type].dummy_inputs(config), rngs=_default_rngs(rngs),
                         placement=resolve_sharding(sharding))
 
+    @classmethod
+    def _config(cls, config, overrides: dict[str, Any]):
+        if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers config
+            config = config.to_dict()
+        if isinstance(config, Mapping):
+            config = cls.config_cls.from_hf_config(dict(config))
+        elif not isinstance(config, cls.config_cls):
+            raise TypeError(f"config must be an HF config dict or a {cls.config_cls.__name__}, "
+                            f"got {type(config).__name__}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
     @property
-    def config(self) -> ViTConfig:
+    def config(self):
         return self.linen_module.config
 
     def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
@@ -91,21 +107,58 @@ class VisionTransformer(bridge.LinenModule):
         which `transformers` loads)."""
         return jimm_linen.save_pretrained(self.linen_module, bridge.to_linen_variables(self), out_dir, **kwargs)
 
+    def _run(self, *args, train: bool, rngs: RngsArg, method=None, **kwargs):
+        if not train and rngs is None:
+            rngs = {}  # evaluation needs no random streams; don't advance the model's
+        return bridge.LinenModule.__call__(self, *args, rngs=rngs, method=method, train=train, **kwargs)
+
+
+class VisionTransformer(PretrainedModel):
+    """`jimm_linen.ViT` as an `nnx.Module`: `model(images)` on NHWC float images gives logits
+    (or pooled features for a checkpoint without a classifier head)."""
+
     def __call__(self, images: jax.Array, train: bool = False, interpolate_pos_encoding: bool = False,
                  return_hidden_states: bool = False, *, rngs: RngsArg = None):
         """Logits, or a `jimm_linen.TowerOutput` with `return_hidden_states=True`. Dropout (when
         `train=True`) draws from `rngs`, by default the model's own."""
-        if not train and rngs is None:
-            rngs = {}  # evaluation needs no random streams; don't advance the model's
-        return super().__call__(images, rngs=rngs, train=train, interpolate_pos_encoding=interpolate_pos_encoding,
-                                return_hidden_states=return_hidden_states)
+        return self._run(images, train=train, rngs=rngs, interpolate_pos_encoding=interpolate_pos_encoding,
+                         return_hidden_states=return_hidden_states)
 
 
-def _vit_config(config: Mapping[str, Any] | ViTConfig, overrides: dict[str, Any]) -> ViTConfig:
-    if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers.ViTConfig
-        config = config.to_dict()
-    if isinstance(config, Mapping):
-        config = ViTConfig.from_hf_config(dict(config))
-    elif not isinstance(config, ViTConfig):
-        raise TypeError(f"config must be an HF config dict or a ViTConfig, got {type(config).__name__}")
-    return dataclasses.replace(config, **overrides) if overrides else config
+class _ImageText(PretrainedModel):
+    def __call__(self, images: jax.Array, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                 train: bool = False, interpolate_pos_encoding: bool = False,
+                 return_hidden_states: bool = False, return_loss: bool = False, *, rngs: RngsArg = None):
+        """A `jimm_linen.ImageTextOutput` (normalised embeddings, `logits_per_image`,
+        `logits_per_text`; `loss` with `return_loss=True`; tower outputs with
+        `return_hidden_states=True`) for NHWC images and token ids."""
+        return self._run(images, input_ids, attention_mask, train=train, rngs=rngs,
+                         interpolate_pos_encoding=interpolate_pos_encoding,
+                         return_hidden_states=return_hidden_states, return_loss=return_loss)
+
+    def encode_image(self, images: jax.Array, train: bool = False, interpolate_pos_encoding: bool = False,
+                     *, rngs: RngsArg = None):
+        """Unnormalised image embeddings (HF's `get_image_features`)."""
+        return self._run(images, train=train, rngs=rngs, method="encode_image",
+                         interpolate_pos_encoding=interpolate_pos_encoding)
+
+    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, train: bool = False,
+                    *, rngs: RngsArg = None):
+        """Unnormalised text embeddings (HF's `get_text_features`)."""
+        return self._run(input_ids, attention_mask, train=train, rngs=rngs, method="encode_text")
+
+
+class CLIP(_ImageText):
+    """`jimm_linen.CLIP` as an `nnx.Module`: `model(images, input_ids, attention_mask)`."""
+
+    linen_cls = linen_clip.CLIP
+    config_cls = linen_clip.CLIPConfig
+    model_type = "clip"
+
+
+class SigLIP(_ImageText):
+    """`jimm_linen.SigLIP` as an `nnx.Module`: `model(images, input_ids, attention_mask)`."""
+
+    linen_cls = linen_clip.SigLIP
+    config_cls = linen_clip.SigLIPConfig
+    model_type = "siglip"

@@ -12,8 +12,10 @@ from tests.helpers import TINY
 def test_parity_on_embedded_defaults(capsys):
     assert cli.main(["parity"]) == 0
     out = capsys.readouterr().out
-    for name in parity.VIT_CONFIGS:
-        assert f"| {name} " in out and f"| {name}@" in out
+    for family in ("vit", "clip", "siglip"):
+        assert parity.DEFAULTS[family]
+        for name in parity.DEFAULTS[family]:
+            assert f"| {name} " in out and f"| {name}@" in out
     assert "| nnx " in out and "| linen " in out and "NO" not in out
 
 
@@ -28,7 +30,16 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert cli.main(["parity", "--paths", ""]) == 2
     assert cli.main(["parity", "--paths", "linen,keras"]) == 2
     assert cli.main(["parity", str(tmp_path), "--full"]) == 2
-    assert "--paths must name" in capsys.readouterr().err
+    assert cli.main(["parity", "--family", "gpt2"]) == 2
+    err = capsys.readouterr().err
+    assert "--paths must name" in err and "--family must name" in err
+
+
+def test_parity_on_a_clip_checkpoint_directory(tmp_path, capsys):
+    parity.build_reference("clip", parity.CLIP_CONFIGS["clip-quick_gelu-eos5"], tmp_path, seed=2)
+    assert cli.main(["parity", str(tmp_path), "--paths", "nnx"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {tmp_path} " in out and "| nnx " in out and "| linen " not in out
 
 
 def test_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):

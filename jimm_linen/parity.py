@@ -70,7 +70,10 @@ SIGLIP_CONFIGS: dict[str, dict[str, Any]] = {
 VIT_B16: dict[str, Any] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                intermediate_size=3072, image_size=224, patch_size=16, num_labels=1000)
 CLIP_B32: dict[str, Any] = {}  # transformers' CLIPConfig defaults are openai/clip-vit-base-patch32
-SIGLIP_B16: dict[str, Any] = {}  # SiglipConfig defaults are google/siglip-base-patch16-224
+# SiglipConfig's defaults are google/siglip-base-patch16-224 except the token ids, which it
+# leaves at CLIP's (49406/49407, outside SigLIP's 32000-token vocabulary); that checkpoint
+# pads and ends with id 1.
+SIGLIP_B16: dict[str, Any] = dict(text_config=dict(pad_token_id=1, eos_token_id=1, bos_token_id=None))
 
 # family -> {name: HF config kwargs}: what `jimm parity` runs by default, and with `--full`.
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS}

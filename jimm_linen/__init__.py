@@ -14,3 +14,4 @@ __all__ = ["CLIP", "CLIPConfig", "ImageTextOutput", "SigLIP", "SigLIPConfig", "T
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402
 
 __all__ += ["from_pretrained", "save_pretrained"]
+from jimm_linen import big_vision  # noqa: E402,F401  (big_vision.load_npz: big_vision .npz checkpoints)

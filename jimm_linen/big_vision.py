@@ -1,0 +1,756 @@
+"""big_vision `.npz` checkpoints in jimm: SigLIP (`two_towers`) and plain ViT.
+
+jimm's Linen parameter names are big_vision's (`embedding`, `cls`, `pos_embedding`,
+`Transformer/encoderblock[_i]/...`, `MAPHead_0`, `pre_logits`, `head`; for SigLIP `img/...`,
+`txt/Embed_0`, `txt/pos_embedding`, `txt/Encoder_0/...`, `txt/head`, `t`, `b`), with the same
+shapes: attention kernels `(embed, heads, head_dim)` / `(heads, head_dim, embed)`, Dense kernels
+`(in, out)`, the patch convolution `(p, p, channels, embed)`. Loading is therefore a strict
+name-by-name match; the differences handled here are:
+
+- the file: keys are '/'-joined paths, optionally under `params/` (or `opt/target/`, old Flax
+  optimizer checkpoints; other top-level trees such as optimizer state are ignored, as
+  big_vision's `utils.load_params` does), bf16 stored by numpy as `V2` is read back as bf16;
+  `subtree="img"` (or `"file.npz:img"`) reads one part, e.g. a two-towers image tower as a ViT.
+- the encoder layout: a file holds `encoderblock` (scanned, leading layers axis) or
+  `encoderblock_{i}` (loop) per encoder, whatever `scan` asks for; each is converted.
+- old checkpoints (what big_vision's `vit.fix_old_checkpoints` and
+  `text_transformer.load` repair): pre-Linen module numbering (`MultiHeadDotProductAttention_1`,
+  `LayerNorm_2`, `MlpBlock_3` in one block), `Transformer/posembed_input/pos_embedding` and
+  `Transformer/pos_embedding` (moved to `pos_embedding`), a MAP head inlined at the top level
+  (`probe`, ...), and a text `Encoder_0/pos_embedding` (added to `txt/pos_embedding`).
+- class-token ViTs (`pool_type="tok"`): big_vision adds `pos_embedding` `(1, N, D)` to the patches
+  before prepending `cls`; jimm (like HF) prepends first and adds `(1, N + 1, D)`. A `(1, N, D)`
+  table loads with a zero row for the class token (exact); an old-style `(1, N + 1, D)` table
+  loads as is.
+- `posemb="sincos2d"` (no parameter in big_vision): the fixed 2-D sin-cos table is computed and
+  becomes jimm's `pos_embedding` (trainable in jimm; `interpolate_pos_encoding` resizes it
+  bicubically instead of recomputing it).
+- SigLIP text towers without a head (`out_dim=(None, None)`): jimm's SigLIP always has one, so it
+  gets an identity `txt/head` (exact).
+
+Numerics: big_vision's MLPs use `nn.gelu` (tanh approximation; HF `gelu_pytorch_tanh`) and Flax's
+LayerNorm eps 1e-6; the configs built here say so. big_vision normalises embeddings as
+`z / (|z| + 1e-8)`, jimm and HF as `z / |z|` (a relative difference of about 1e-8).
+
+SigLIP checkpoints (big_vision's `SigLIP_demo.ipynb` configs; HF names as in transformers'
+`convert_siglip_to_hf.py`). All: `image=dict(variant, pool_type="map")`,
+`text=dict(variant, vocab_size)`, `out_dim=(None, width)`, `bias_init=-10`,
+`temperature_init=10`; gelu tanh, eps 1e-6, MAP head, no image projection, text `head` Dense
+with bias, `t` = HF `logit_scale`, `b` = HF `logit_bias`.
+
+| big_vision file                       | image, res     | text   | width | len | vocab  | HF name                        |
+|---------------------------------------|----------------|--------|-------|-----|--------|--------------------------------|
+| webli_en_b16_224_63724782.npz         | B/16, 224      | B      | 768   | 64  | 32000  | siglip-base-patch16-224        |
+| webli_en_b16_256_60500360.npz         | B/16, 256      | B      | 768   | 64  | 32000  | siglip-base-patch16-256        |
+| webli_en_b16_384_68578854.npz         | B/16, 384      | B      | 768   | 64  | 32000  | siglip-base-patch16-384        |
+| webli_en_b16_512_68580893.npz         | B/16, 512      | B      | 768   | 64  | 32000  | siglip-base-patch16-512        |
+| webli_en_l16_256_60552751.npz         | L/16, 256      | L      | 1024  | 64  | 32000  | siglip-large-patch16-256       |
+| webli_en_l16_384_63634585.npz         | L/16, 384      | L      | 1024  | 64  | 32000  | siglip-large-patch16-384       |
+| webli_en_so400m_224_57633886.npz      | So400m/14, 224 | So400m | 1152  | 16  | 32000  | siglip-so400m-patch14-224      |
+| webli_en_so400m_384_58765454.npz      | So400m/14, 384 | So400m | 1152  | 64  | 32000  | siglip-so400m-patch14-384      |
+| webli_i18n_b16_256_66117334.npz       | B/16, 256      | B      | 768   | 64  | 250000 | siglip-base-patch16-256-i18n   |
+| webli_i18n_so400m_16_256_78061115.npz | So400m/16, 256 | So400m | 1152  | 64  | 250000 | siglip-so400m-patch16-256-i18n |
+
+(Files under gs://big_vision/siglip/. `width`: both towers' width and the text head's
+`out_dim[1]`; `len`: the text length, HF `max_position_embeddings`.) HF's script unstacks a
+scanned `img/Transformer/encoderblock` in three of these files (b16_512, so400m_224,
+i18n_so400m_16_256); jimm reads either layout. For the two i18n files (image 256, patch 16, vocab
+250000) it maps no `txt/head` and writes an identity head instead, although the demo's config
+says `out_dim=(None, width)`: if a file has no `txt/head`, use `out_dim=(None, None)` and jimm
+does the same.
+
+Plain ViT (`config.model_name = "vit"`): `pool_type="tok"` -> class-token pooling (HF
+`ViTForImageClassification` with a head and no `rep_size`, HF `ViTModel` with `rep_size=True`
+and no head: `pre_logits` is HF's pooler); `"gap"` -> jimm `pooling="mean"`, `"map"` ->
+`pooling="map"` (jimm only: HF ViT has class-token pooling alone). `pool_type="0"` and `"none"`
+have no jimm equivalent. The written HF config says `hidden_act="gelu_pytorch_tanh"`,
+`layer_norm_eps=1e-6` (what big_vision computes); a `sincos2d` table is stored as HF's learned
+`position_embeddings` (exact at the trained resolution).
+
+Usage::
+
+    model, variables = load_npz("webli_en_b16_224_63724782.npz", dict(
+        image=dict(variant="B/16", pool_type="map"), text=dict(variant="B", vocab_size=32000),
+        out_dim=(None, 768), bias_init=-10.0, temperature_init=10.0))   # image size, text length: from the file
+    jimm_linen.save_pretrained(model, variables, "siglip-base-patch16-224/")   # transformers.SiglipModel reads it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jimm_linen import checkpoint as ckpt
+from jimm_linen.checkpoint import CheckpointError, Rule, Transform
+from jimm_linen.layers import scan_groups
+from jimm_linen.models.clip import SigLIP, SigLIPConfig, TextConfig
+from jimm_linen.models.vit import ViT, ViTConfig
+from jimm_linen.models.vit.config import VARIANTS
+from jimm_linen.pretrained import FAMILIES, _fresh_params, loop_shapes
+
+__all__ = ["NpzReader", "load_npz", "posemb_sincos_2d", "siglip_config", "vit_config"]
+
+TEXT_MODEL = "proj.image_text.text_transformer"
+
+# Sizes big_vision's `decode_variant` knows beyond jimm's shared table (big_vision/models/vit.py).
+_EXTRA_VARIANTS = {
+    "g-opt": dict(hidden_size=1536, num_hidden_layers=40, intermediate_size=6144, num_attention_heads=16),
+    "G-opt": dict(hidden_size=1536, num_hidden_layers=48, intermediate_size=8192, num_attention_heads=16),
+}
+# big_vision's names for the sizes, and the tower defaults of its `_Model` classes.
+_SIZE_NAMES = dict(width="hidden_size", depth="num_hidden_layers", mlp_dim="intermediate_size",
+                   num_heads="num_attention_heads")
+_VIT_DEFAULTS = dict(width=768, depth=12, mlp_dim=None, num_heads=12)
+_TEXT_DEFAULTS = dict(width=512, depth=12, mlp_dim=2048, num_heads=8)
+# Settings that change how a model trains or runs, not its parameters or outputs.
+_RUNTIME_KEYS = {"scan", "remat_policy", "dtype_mm", "head_zeroinit"}
+_VIT_KEYS = {"variant", "num_classes", "patch_size", *_SIZE_NAMES, "posemb", "rep_size", "dropout", "pool_type",
+             *_RUNTIME_KEYS}
+_TEXT_KEYS = {"variant", *_SIZE_NAMES, "dropout", "vocab_size", "pool_type", *_RUNTIME_KEYS}
+_TWO_TOWERS_KEYS = {"image", "text", "image_model", "text_model", "out_dim", "temperature_init", "bias_init"}
+_POOLINGS = {"tok": "cls", "gap": "mean", "map": "map"}
+
+# big_vision's nn.gelu default (approximate=True) and Flax's LayerNorm epsilon.
+_NUMERICS = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+
+
+# --- big_vision model configs -> jimm configs ---------------------------------------------
+
+def _as_dict(cfg: Any, what: str) -> dict[str, Any]:
+    """A plain dict from a dict, a Mapping or an `ml_collections.ConfigDict`."""
+    if cfg is None:
+        return {}
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"{what}: expected a dict or ConfigDict, got {type(cfg).__name__}")
+    return dict(cfg)
+
+
+def _check_keys(cfg: dict, allowed: set[str], what: str) -> None:
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"{what}: unsupported big_vision field(s) {unknown}; jimm reads {sorted(allowed)}")
+
+
+def _sizes(cfg: dict, defaults: dict[str, Any], what: str) -> tuple[dict[str, int], int | None]:
+    """Tower sizes in jimm's field names, and the patch size a "B/16"-style variant carries;
+    explicit fields win over the variant, as in big_vision's `{**decode_variant(variant), **kw}`."""
+    sizes, patch = dict(defaults), None
+    variant = cfg.get("variant")
+    if variant is not None:
+        name, _, p = str(variant).partition("/")
+        table = {**VARIANTS, **_EXTRA_VARIANTS}
+        if name not in table or (p and not p.isdigit()):
+            raise ValueError(f"{what}: unknown variant {variant!r}; expected '<size>[/<patch>]' with size in "
+                             f"{list(table)}")
+        ours = table[name]
+        sizes.update({bv: ours[jimm] for bv, jimm in _SIZE_NAMES.items()})
+        patch = int(p) if p else None
+    sizes.update({k: cfg[k] for k in _SIZE_NAMES if k in cfg})
+    if sizes["mlp_dim"] is None:
+        sizes["mlp_dim"] = 4 * sizes["width"]
+    return {_SIZE_NAMES[k]: int(v) for k, v in sizes.items()}, patch
+
+
+def _patch_size(cfg: dict, from_variant: int | None, what: str) -> int:
+    patch = cfg.get("patch_size", from_variant if from_variant is not None else 16)
+    if isinstance(patch, (tuple, list)):
+        if len(patch) != 2 or patch[0] != patch[1]:
+            raise ValueError(f"{what}: patch_size {patch} is not square; jimm's ViT has square patches")
+        patch = patch[0]
+    return int(patch)
+
+
+def _vit(cfg: dict, *, image_size: int | None, num_classes: int | None, num_channels: int,
+         what: str) -> tuple[ViTConfig, str]:
+    _check_keys(cfg, _VIT_KEYS, what)
+    sizes, patch = _sizes(cfg, _VIT_DEFAULTS, what)
+    pool = cfg.get("pool_type", "gap")
+    if pool not in _POOLINGS:
+        raise ValueError(f"{what}: pool_type {pool!r} has no jimm equivalent; jimm reads {sorted(_POOLINGS)} "
+                         "('0' pools the first patch token of a model without a class token)")
+    posemb = cfg.get("posemb", "learn")
+    if posemb not in ("learn", "sincos2d"):
+        raise ValueError(f"{what}: unknown posemb {posemb!r}; big_vision has 'learn' and 'sincos2d'")
+    if image_size is None:
+        raise ValueError(f"{what}: image_size is needed (big_vision configs do not hold it)")
+    rep = cfg.get("rep_size", False)
+    if "num_classes" in cfg:
+        num_classes = cfg["num_classes"]
+    config = ViTConfig(
+        **sizes, image_size=int(image_size), patch_size=_patch_size(cfg, patch, what), num_channels=num_channels,
+        **_NUMERICS, hidden_dropout_prob=float(cfg.get("dropout", 0.0)), pooling=_POOLINGS[pool],
+        num_labels=int(num_classes or 0), pooler=bool(rep),
+        pooler_output_size=(sizes["hidden_size"] if rep is True else int(rep)) if rep else None, pooler_act="tanh")
+    return config, posemb
+
+
+def vit_config(model_cfg: Any, *, image_size: int, num_classes: int | None = None,
+               num_channels: int = 3) -> ViTConfig:
+    """A big_vision ViT `config.model` (`variant`, `pool_type`, `rep_size`, `num_classes`, ...; a
+    dict or ConfigDict) as a `ViTConfig`. `num_classes` (big_vision's trainer passes
+    `config.num_classes`) is used when the dict has none; 0 or None means no head.
+
+    `posemb="sincos2d"` has no config field in jimm: `load_npz` with the big_vision dict fills it in.
+    """
+    return _vit(_as_dict(model_cfg, "vit config"), image_size=image_size, num_classes=num_classes,
+                num_channels=num_channels, what="vit config")[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """What a big_vision config says about the checkpoint beyond jimm's config."""
+
+    posemb: str = "learn"
+    text_head: bool = True
+
+
+def _siglip(model_cfg: Any, *, image_size: int | None, text_length: int | None,
+            num_channels: int) -> tuple[SigLIPConfig, _Options]:
+    cfg = _as_dict(model_cfg, "two_towers config")
+    _check_keys(cfg, _TWO_TOWERS_KEYS, "two_towers config")
+    if cfg.get("image_model", "vit") != "vit":
+        raise ValueError(f"image_model {cfg['image_model']!r}: jimm reads SigLIP with big_vision's 'vit' image tower")
+    if cfg.get("text_model", TEXT_MODEL) != TEXT_MODEL:
+        raise ValueError(f"text_model {cfg['text_model']!r}: jimm reads SigLIP with big_vision's {TEXT_MODEL!r}")
+    out_dim = cfg.get("out_dim", 128)  # two_towers.Model's default
+    img_out, txt_out = (out_dim, out_dim) if not isinstance(out_dim, (tuple, list)) else tuple(out_dim)
+    if img_out:
+        raise ValueError(f"out_dim {out_dim}: an image projection (out_dim[0] = {img_out}) is not SigLIP's "
+                         "structure (HF SiglipModel has none); use out_dim=(None, text_dim)")
+    if cfg.get("bias_init") is None:
+        raise ValueError("bias_init is None: a two-towers model without the learned logit bias `b` is a "
+                         "softmax-contrastive (LiT/CLIP-style) model, not SigLIP")
+    image, text = _as_dict(cfg.get("image"), "image config"), _as_dict(cfg.get("text"), "text config")
+    for tower, name in ((image, "image"), (text, "text")):
+        if "num_classes" in tower:
+            raise ValueError(f"{name} config: num_classes comes from out_dim in a two_towers model")
+    if image.get("pool_type", "gap") != "map":
+        raise ValueError(f"image pool_type {image.get('pool_type', 'gap')!r}: SigLIP pools images with a MAP "
+                         "head (pool_type='map')")
+    if image.get("rep_size"):
+        raise ValueError("image rep_size: SigLIP's image tower has no pre_logits layer")
+    vision, posemb = _vit(image, image_size=image_size, num_classes=0, num_channels=num_channels,
+                          what="image config")
+
+    _check_keys(text, _TEXT_KEYS, "text config")
+    sizes, patch = _sizes(text, _TEXT_DEFAULTS, "text config")
+    if patch is not None:
+        raise ValueError(f"text config: variant {text['variant']!r} has a patch size; text variants are sizes only")
+    if text.get("pool_type", "last") != "last":
+        raise ValueError(f"text pool_type {text['pool_type']!r}: jimm's SigLIP text tower pools the last token "
+                         "(pool_type='last')")
+    if text_length is None:
+        raise ValueError("text_length is needed (big_vision configs do not hold it)")
+    text_cfg = TextConfig(**sizes, vocab_size=int(text.get("vocab_size", 32_000)),
+                          max_position_embeddings=int(text_length), **_NUMERICS,
+                          projection_size=int(txt_out or sizes["hidden_size"]))
+    config = SigLIPConfig(text=text_cfg, vision=vision,
+                          logit_scale_init=math.log(float(cfg.get("temperature_init", 1.0))),
+                          logit_bias_init=float(cfg["bias_init"]))
+    return config, _Options(posemb=posemb, text_head=bool(txt_out))
+
+
+def siglip_config(model_cfg: Any, *, image_size: int, text_length: int, num_channels: int = 3) -> SigLIPConfig:
+    """A big_vision two_towers `config.model` (`image`, `text`, `out_dim`, `bias_init`,
+    `temperature_init`, `image_model`, `text_model`; a dict or ConfigDict) as a `SigLIPConfig`.
+    `text_length` is the tokenizer's `max_len` (the length of `txt/pos_embedding`).
+
+    A text tower without a head (`out_dim=(None, None)`) gets `projection_size = width`;
+    `load_npz` with the big_vision dict fills that head with the identity.
+    """
+    return _siglip(model_cfg, image_size=image_size, text_length=text_length, num_channels=num_channels)[0]
+
+
+def _is_two_towers(cfg: dict) -> bool:
+    return bool(set(cfg) & _TWO_TOWERS_KEYS)
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """big_vision's fixed 2-D position embedding (MoCo v3): `(1, h*w, width)` float32, row-major
+    over the grid, features `[sin(x*w_k), cos(x*w_k), sin(y*w_k), cos(y*w_k)]` with
+    `w_k = temperature ** (-k / (width/4 - 1))`."""
+    if width % 4 or width < 8:
+        raise ValueError(f"sincos2d position embeddings need a width divisible by 4 and at least 8, got {width}")
+    y, x = np.mgrid[:h, :w]
+    omega = (np.arange(width // 4) / (width // 4 - 1)).astype(np.float32)
+    omega = (1.0 / np.float32(temperature) ** omega).astype(np.float32)
+    y = y.reshape(-1, 1).astype(np.float32) * omega[None]
+    x = x.reshape(-1, 1).astype(np.float32) * omega[None]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
+
+
+# --- the file -------------------------------------------------------------------------------
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _recover_dtype(dtype: np.dtype) -> np.dtype:
+    """numpy saves bfloat16 as 2-byte void; read it back as bfloat16."""
+    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.fields is None:
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return dtype
+
+
+class NpzReader:
+    """A lazy `.npz`: `shapes` and `dtypes` from the array headers, without reading data;
+    `get(key)` reads one array. Use as a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not zipfile.is_zipfile(self.path):
+            raise CheckpointError(f"{self.path} is not an .npz (zip) file")
+        self._zip = zipfile.ZipFile(self.path)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        for info in self._zip.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[:-len(".npy")]
+            with self._zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version in _HEADER_READERS:
+                    shape, _, dtype = _HEADER_READERS[version](f)
+                else:  # a header version without a public reader: read the array once
+                    f.seek(0)
+                    arr = np.lib.format.read_array(f, allow_pickle=False)
+                    shape, dtype = arr.shape, arr.dtype
+            self.shapes[key] = tuple(int(d) for d in shape)
+            self.dtypes[key] = _recover_dtype(np.dtype(dtype))
+            self._members[key] = info
+        self.total_bytes = sum(i.file_size for i in self._members.values())
+
+    def get(self, key: str) -> np.ndarray:
+        with self._zip.open(self._members[key]) as f:
+            arr = np.lib.format.read_array(f, allow_pickle=False)
+        dtype = _recover_dtype(arr.dtype)
+        return arr.view(dtype) if dtype != arr.dtype else arr
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> "NpzReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One tensor as the model will see it: shape, dtype, how to read it, and (for one layer
+    of a scanned tensor) how to read the whole stacked tensor and which layer this is."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], np.ndarray]
+    layer_of: tuple[Callable[[], np.ndarray], int] | None = None
+
+
+class _OneSlotCache:
+    """Keeps the last array read: the layers of a scanned tensor are read one after another."""
+
+    def __init__(self, reader: NpzReader):
+        self._reader, self._key, self._value = reader, None, None
+
+    def __call__(self, key: str) -> np.ndarray:
+        if key != self._key:
+            self._key, self._value = None, None  # drop the old array before reading the next
+            self._value, self._key = self._reader.get(key), key
+        return self._value
+
+
+def _split_path(path, subtree: str | None) -> tuple[Path, str | None]:
+    """big_vision's `file.npz:img/...` names a part of a checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        m = re.fullmatch(r"(.*\.npz):([\w/]+)", str(path))
+        if m:
+            if subtree is not None:
+                raise ValueError(f"{path} names a part of the checkpoint and subtree={subtree!r} names another")
+            return Path(m.group(1)), m.group(2)
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    return p, subtree
+
+
+def _file_entries(reader: NpzReader, subtree: str | None, cache: _OneSlotCache) -> dict[str, _Entry]:
+    keys = list(reader.shapes)
+    for prefix in ("params/", "opt/target/"):  # as big_vision's load_params: params, then opt/target
+        if any(k.startswith(prefix) for k in keys):
+            keys = [k for k in keys if k.startswith(prefix)]
+            strip = prefix
+            break
+    else:
+        strip = ""
+    if subtree:
+        sub = strip + subtree.strip("/") + "/"
+        picked = [k for k in keys if k.startswith(sub)]
+        if not picked:
+            raise CheckpointError(f"no keys under {sub!r} in {reader.path}")
+        keys, strip = picked, sub
+    return {k[len(strip):]: _Entry(reader.shapes[k], reader.dtypes[k], functools.partial(cache, k)) for k in keys}
+
+
+# --- old checkpoints ------------------------------------------------------------------------
+
+_NUMBERED = re.compile(r"(.+)_(\d+)")
+
+
+def _renumber_pre_linen(entries: dict[str, _Entry]) -> dict[str, _Entry]:
+    """Pre-Linen Flax numbered a scope's submodules with one counter (`LayerNorm_0`,
+    `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`), Linen with one per class. A
+    scope renumbers only when it has exactly that signature: numbers 0..n-1 across classes and
+    not 0..k-1 within each class. `encoderblock_{i}` are layer indices, never renumbered."""
+    scopes: dict[str, set[str]] = {}
+    for key in entries:
+        parts = key.split("/")
+        for depth in range(len(parts) - 1):
+            scopes.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+    renames: dict[tuple[str, str], str] = {}
+    for scope, names in scopes.items():
+        numbered = {n: m for n in names if (m := _NUMBERED.fullmatch(n)) and not n.startswith("encoderblock_")}
+        per_class: dict[str, list[int]] = {}
+        for m in numbered.values():
+            per_class.setdefault(m.group(1), []).append(int(m.group(2)))
+        linen = all(sorted(v) == list(range(len(v))) for v in per_class.values())
+        one_counter = sorted(int(m.group(2)) for m in numbered.values()) == list(range(len(numbered)))
+        if linen or not one_counter:
+            continue
+        counts: dict[str, int] = {}
+        for n in sorted(numbered, key=lambda n: int(numbered[n].group(2))):
+            cls = numbered[n].group(1)
+            renames[(scope, n)] = f"{cls}_{counts.get(cls, 0)}"
+            counts[cls] = counts.get(cls, 0) + 1
+    if not renames:
+        return entries
+    out = {}
+    for key, e in entries.items():
+        parts = key.split("/")
+        new = [renames.get(("/".join(parts[:d]), p), p) if d < len(parts) - 1 else p for d, p in enumerate(parts)]
+        out["/".join(new)] = e
+    return out
+
+
+def _move(entries: dict[str, _Entry], old: str, new: str, problems: list[str]) -> None:
+    if old in entries:
+        if new in entries:
+            problems.append(f"both {old} and {new} hold the position embeddings")
+        else:
+            entries[new] = entries.pop(old)
+
+
+def _repair_old(entries: dict[str, _Entry], vit_prefix: str, text: bool) -> dict[str, _Entry]:
+    entries = _renumber_pre_linen(entries)
+    problems: list[str] = []
+    p = vit_prefix
+    _move(entries, f"{p}Transformer/posembed_input/pos_embedding", f"{p}pos_embedding", problems)
+    _move(entries, f"{p}Transformer/pos_embedding", f"{p}pos_embedding", problems)
+    if f"{p}probe" in entries and not any(k.startswith(f"{p}MAPHead_0/") for k in entries):
+        # A MAP head inlined at the top level (ViT-G development checkpoints).
+        for part in ("probe", "MlpBlock_0/", "MultiHeadDotProductAttention_0/", "LayerNorm_0/"):
+            for k in [k for k in entries if k == p + part or (part.endswith("/") and k.startswith(p + part))]:
+                entries[f"{p}MAPHead_0/{k[len(p):]}"] = entries.pop(k)
+    extra = "txt/Encoder_0/pos_embedding"
+    if text and extra in entries:
+        # Some older text towers added a second position embedding; big_vision sums them.
+        main = entries.get("txt/pos_embedding")
+        e = entries.pop(extra)
+        if main is None or main.shape != e.shape:
+            problems.append(f"{extra} {e.shape} cannot be added to txt/pos_embedding "
+                            f"{main.shape if main else '(missing)'}")
+        else:
+            entries["txt/pos_embedding"] = _Entry(main.shape, main.dtype,
+                                                  lambda a=main.read, b=e.read: a() + b())
+    if problems:
+        raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems))
+    return entries
+
+
+# --- layout and synthetic entries -------------------------------------------------------------
+
+_SCANNED = re.compile(r"((?:.*/)?)encoderblock/(.+)")
+
+
+def _unscan(entries: dict[str, _Entry], encoders: dict[str, int]) -> dict[str, _Entry]:
+    """Scanned `encoderblock/...` tensors of the model's encoders as per-layer entries."""
+    out, problems = {}, []
+    for key, e in entries.items():
+        m = _SCANNED.fullmatch(key)
+        if not m or m.group(1) not in encoders:
+            out[key] = e
+            continue
+        n = encoders[m.group(1)]
+        if not e.shape or e.shape[0] != n:
+            problems.append(f"{key}: checkpoint {e.shape} is scanned over {e.shape[0] if e.shape else 0} layers "
+                            f"(leading axis), the model has {n}")
+            continue
+        for i in range(n):
+            out[f"{m.group(1)}encoderblock_{i}/{m.group(2)}"] = _Entry(
+                e.shape[1:], e.dtype, lambda read=e.read, i=i: read()[i], layer_of=(e.read, i))
+    if problems:
+        raise CheckpointError("checkpoint does not match the model; mis-shaped keys: " + "; ".join(problems))
+    return out
+
+
+def _constant(value: np.ndarray) -> _Entry:
+    return _Entry(value.shape, value.dtype, lambda: value)
+
+
+def _synthesise(entries: dict[str, _Entry], model: nn.Module, options: _Options, vit_prefix: str) -> None:
+    """Parameters big_vision does not store but jimm has: a sincos position table, an identity text head."""
+    ref = entries.get(f"{vit_prefix}embedding/kernel")
+    dtype = ref.dtype if ref is not None else np.dtype(np.float32)
+    problems = []
+    if options.posemb == "sincos2d":
+        key = f"{vit_prefix}pos_embedding"
+        if key in entries:
+            problems.append(f"unexpected keys: [{key}] (posemb='sincos2d' computes the position embeddings)")
+        else:
+            v = model.config.vision if isinstance(model, SigLIP) else model.config
+            entries[key] = _constant(posemb_sincos_2d(v.grid_size, v.grid_size, v.hidden_size).astype(dtype))
+    if isinstance(model, SigLIP) and not options.text_head:
+        heads = sorted(k for k in entries if k.startswith("txt/head/"))
+        if heads:
+            problems.append(f"unexpected keys: {heads} (the big_vision config gives the text tower no head: "
+                            "out_dim[1] is None)")
+        elif model.config.text.projection_size != model.config.text.hidden_size:
+            raise ValueError(f"an identity text head needs projection_size == text hidden_size, got "
+                             f"{model.config.text.projection_size} and {model.config.text.hidden_size}")
+        else:
+            width = model.config.text.hidden_size
+            entries["txt/head/kernel"] = _constant(np.eye(width, dtype=dtype))
+            entries["txt/head/bias"] = _constant(np.zeros((width,), dtype))
+    if problems:
+        raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PrependZeroRow(Transform):
+    """big_vision `pos_embedding` `(1, N, D)` (added before the class token is prepended) ->
+    jimm `(1, N + 1, D)` with a zero row for the class token."""
+
+    def hf_shape(self, shape):
+        return (shape[0], shape[1] - 1, *shape[2:])
+
+    def to_linen(self, x, shape):
+        return np.concatenate([np.zeros((x.shape[0], 1, *x.shape[2:]), x.dtype), x], axis=1)
+
+    def to_hf(self, y):
+        raise NotImplementedError("jimm writes HF checkpoints, not big_vision ones")
+
+
+def _keymap(expected: Mapping[str, tuple[int, ...]], entries: Mapping[str, _Entry], model: nn.Module,
+            vit_prefix: str) -> ckpt.KeyMap:
+    """Identity rules (big_vision key == jimm path, loop layout), one per parameter kind."""
+    v = model.config.vision if isinstance(model, SigLIP) else model.config
+    pos = f"{vit_prefix}pos_embedding"
+    rules = {}
+    for path in expected:
+        template = re.sub(r"(^|/)encoderblock_\d+/", r"\1encoderblock_{i}/", path)
+        transform = ckpt.IDENTITY
+        if (path == pos and v.pooling == "cls" and pos in entries
+                and entries[pos].shape[1:2] == (expected[pos][1] - 1,)):
+            transform = _PrependZeroRow()
+        rules[template] = Rule(template, template, transform)
+    return ckpt.KeyMap(rules.values())
+
+
+def _hints(entries: Mapping[str, _Entry], expected: Mapping[str, tuple[int, ...]], model: nn.Module,
+           vit_prefix: str) -> str:
+    out = []
+    txt = entries.get("txt/pos_embedding")
+    if txt is not None and "txt/pos_embedding" in expected and txt.shape != tuple(expected["txt/pos_embedding"]):
+        length = txt.shape[1] if len(txt.shape) == 3 else "?"
+        out.append(f"the text length of a big_vision checkpoint is the length of txt/pos_embedding ({length}); "
+                   f"the model has max_position_embeddings={model.config.text.max_position_embeddings}: build "
+                   f"the config with text_length={length}")
+    img = entries.get(f"{vit_prefix}pos_embedding")
+    want = expected.get(f"{vit_prefix}pos_embedding")
+    v = model.config.vision if isinstance(model, SigLIP) else model.config
+    fits = {want[1], want[1] - 1} if want is not None and v.pooling == "cls" else {want[1] if want else None}
+    if img is not None and want is not None and (len(img.shape) != 3 or img.shape[1] not in fits):
+        out.append(f"{vit_prefix}pos_embedding has {img.shape[1] if len(img.shape) > 1 else '?'} positions; "
+                   f"image_size={v.image_size} with patch_size={v.patch_size} needs {v.grid_size ** 2}")
+    return "".join(f" Hint: {h}." for h in out)
+
+
+# --- models -------------------------------------------------------------------------------
+
+def _infer_image_size(entries, vit_prefix: str, cfg: dict) -> int | None:
+    pos = entries.get(f"{vit_prefix}pos_embedding")
+    if pos is None or len(pos.shape) != 3:
+        return None
+    _, patch = _sizes({k: cfg[k] for k in ("variant",) if k in cfg}, _VIT_DEFAULTS, "vit config")
+    patch = _patch_size(cfg, patch, "vit config")
+    n = pos.shape[1]
+    for tokens in (n, n - 1) if cfg.get("pool_type", "gap") == "tok" else (n,):
+        g = math.isqrt(max(tokens, 0))
+        if g * g == tokens and g:
+            return g * patch
+    raise CheckpointError(f"{vit_prefix}pos_embedding {pos.shape} is not a square grid of positions; "
+                          "pass image_size=")
+
+
+def _resolve(model, entries, *, image_size, text_length, num_classes, num_channels, posemb, text_head,
+             scan, dtype, param_dtype, attention_fn, remat_policy) -> tuple[nn.Module, _Options]:
+    """The jimm module to load into, and what the config says the file holds."""
+    if isinstance(model, (SigLIP, ViT)):
+        return model, _Options(posemb or "learn", True if text_head is None else text_head)
+    kw = dict(attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype or jnp.float32, scan=scan,
+              remat_policy=remat_policy)
+    if isinstance(model, SigLIPConfig):
+        return SigLIP(model, **kw), _Options(posemb or "learn", True if text_head is None else text_head)
+    if isinstance(model, ViTConfig):
+        return ViT(model, **kw), _Options(posemb or "learn", True)
+    cfg = _as_dict(model, "model")
+    if posemb is not None or text_head is not None:
+        raise ValueError("posemb= and text_head= are for jimm configs; a big_vision config says them itself")
+    if _is_two_towers(cfg):
+        image = _as_dict(cfg.get("image"), "image config")
+        if image_size is None:
+            image_size = _infer_image_size(entries, "img/", {**image, "pool_type": "map"})
+        if text_length is None and "txt/pos_embedding" in entries and len(entries["txt/pos_embedding"].shape) == 3:
+            text_length = entries["txt/pos_embedding"].shape[1]
+        config, options = _siglip(cfg, image_size=image_size, text_length=text_length, num_channels=num_channels)
+        return SigLIP(config, **kw), options
+    if image_size is None:
+        image_size = _infer_image_size(entries, "", cfg)
+    if num_classes is None and "num_classes" not in cfg:
+        num_classes = entries["head/bias"].shape[0] if "head/bias" in entries else 0
+    config, posemb = _vit(cfg, image_size=image_size, num_classes=num_classes, num_channels=num_channels,
+                          what="vit config")
+    return ViT(config, **kw), _Options(posemb, True)
+
+
+def load_npz(
+    path: str | Path,
+    model: Any,
+    *,
+    scan: bool = True,
+    image_size: int | None = None,
+    text_length: int | None = None,
+    num_classes: int | None = None,
+    num_channels: int = 3,
+    posemb: str | None = None,
+    text_head: bool | None = None,
+    subtree: str | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = None,
+    attention_fn: Callable | None = None,
+    remat_policy: str = "none",
+    dont_load: Sequence[str] = (),
+    rng: jax.Array | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Any = "fsdp",
+) -> tuple[nn.Module, dict]:
+    """Load a big_vision `.npz` as `(module, variables)` for jimm's `SigLIP` or `ViT`.
+
+    `model` is one of:
+    - a big_vision `config.model` (dict or ConfigDict): two_towers (has `image`/`text`/`out_dim`/
+      `bias_init`/...) -> `SigLIP`, else a ViT. What it leaves out is read from the file's shapes
+      unless given: `image_size` (from `pos_embedding`; needed with `posemb="sincos2d"`),
+      `text_length` (from `txt/pos_embedding`), and for a ViT `num_classes` (from `head/bias`; 0
+      without a head).
+    - a `SigLIPConfig` / `ViTConfig` (with `posemb="sincos2d"` or `text_head=False` where the file
+      holds no position table / text head).
+    - a `SigLIP` / `ViT` module, used as is (its `scan`, dtypes and `attention_fn`).
+
+    The file may be scanned or not, with or without the `params/` prefix; `subtree` (or
+    `"file.npz:img"`) reads a part. Strict like `from_pretrained`: every missing, unexpected and
+    mis-shaped key raises `CheckpointError` naming it; `dont_load` (regexes over jimm paths in the
+    loop layout) leaves parameters to their initialisers (from `rng`), e.g. a new `head`.
+    `param_dtype=None` keeps the stored dtype (bf16 stays bf16). With `mesh`, each parameter is
+    placed on its sharding under `rules` when it is read.
+    """
+    path, subtree = _split_path(path, subtree)
+    with NpzReader(path) as reader:
+        cache = _OneSlotCache(reader)
+        entries = _file_entries(reader, subtree, cache)
+        two_towers = isinstance(model, (SigLIP, SigLIPConfig)) or (
+            not isinstance(model, (ViT, ViTConfig)) and _is_two_towers(_as_dict(model, "model")))
+        vit_prefix = "img/" if two_towers else ""
+        entries = _repair_old(entries, vit_prefix, text=two_towers)
+        module, options = _resolve(model, entries, image_size=image_size, text_length=text_length,
+                                   num_classes=num_classes, num_channels=num_channels, posemb=posemb,
+                                   text_head=text_head, scan=scan, dtype=dtype, param_dtype=param_dtype,
+                                   attention_fn=attention_fn, remat_policy=remat_policy)
+        cfg = module.config
+        if two_towers:
+            encoders = {"img/Transformer/": cfg.vision.num_hidden_layers, "txt/Encoder_0/": cfg.text.num_hidden_layers}
+        else:
+            encoders = {"Transformer/": cfg.num_hidden_layers}
+        entries = _unscan(entries, encoders)
+        _synthesise(entries, module, options, vit_prefix)
+
+        fam = FAMILIES["siglip" if two_towers else "vit"]
+        expected = loop_shapes(module, fam)
+        try:
+            plan = ckpt.plan_load({k: e.shape for k, e in entries.items()},
+                                  _keymap(expected, entries, module, vit_prefix), expected, dont_load)
+        except CheckpointError as err:
+            raise CheckpointError(str(err) + _hints(entries, expected, module, vit_prefix)) from None
+        fresh = _fresh_params(module, fam, plan, expected, rng)
+        if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
+            stored = {entries[src.hf_key].dtype for src in plan.values()}
+            if len(stored) == 1:
+                (kept,) = stored
+                fresh = {k: v.astype(kept) for k, v in fresh.items()}
+        # A given module gets its own param_dtype; a built one param_dtype, or the stored dtypes.
+        target_dtype = module.param_dtype if isinstance(model, (SigLIP, ViT)) else param_dtype
+
+        def read(p: str) -> np.ndarray:
+            if p in fresh:
+                return fresh[p]
+            src = plan[p]
+            return src.transform.to_linen(entries[src.hf_key].read(), tuple(expected[p]))
+
+        def whole_scanned(paths: list[str]) -> Callable[[], np.ndarray] | None:
+            """The reader of the stacked tensor when these layers are exactly one scanned tensor
+            of the file, in order, unchanged."""
+            srcs = [plan.get(p) for p in paths]
+            if any(s is None or s.transform is not ckpt.IDENTITY for s in srcs):
+                return None
+            layers = [entries[s.hf_key].layer_of for s in srcs]
+            if any(x is None for x in layers) or any(r is not layers[0][0] for r, _ in layers):
+                return None
+            return layers[0][0] if [i for _, i in layers] == list(range(len(paths))) else None
+
+        shardings = {}
+        if mesh is not None:
+            from jimm_linen.partitioning import param_shardings
+            shardings = ckpt.flatten_tree(param_shardings(module, *fam.dummy_inputs(cfg), mesh=mesh, rules=rules))
+
+        def put(p: str, value: np.ndarray):
+            if target_dtype is not None:
+                value = value.astype(target_dtype)
+            return jax.device_put(value, shardings[p]) if mesh is not None else jnp.asarray(value)
+
+        # Group by scanned leaf in both layouts, so a scanned file tensor is read once per group.
+        flat = {}
+        for leaf, paths in ckpt.progress(list(scan_groups(expected).items()), reader.total_bytes, "loading"):
+            if module.scan:
+                stacked = paths != [leaf]
+                whole = whole_scanned(paths) if stacked else None
+                if whole is not None:
+                    value = whole()
+                else:
+                    value = np.stack([read(p) for p in paths]) if stacked else read(paths[0])
+                flat[leaf] = put(leaf, value)
+            else:
+                for p in paths:
+                    flat[p] = put(p, read(p))
+    return module, {"params": ckpt.unflatten_tree(flat)}

@@ -14,4 +14,11 @@ __all__ = ["CLIP", "CLIPConfig", "ImageTextOutput", "SigLIP", "SigLIPConfig", "T
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402
 
 __all__ += ["from_pretrained", "save_pretrained"]
+
+# HF processors for inputs (load_processor, prepare, to_model_inputs) and zero-shot classification.
+from jimm_linen import preprocess  # noqa: E402,F401
+from jimm_linen.models.clip import ZeroShotClassifier  # noqa: E402
+
+__all__ += ["ZeroShotClassifier"]
+
 from jimm_linen import big_vision  # noqa: E402,F401  (big_vision.load_npz: big_vision .npz checkpoints)

@@ -16,7 +16,8 @@ import numpy as np
 
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.layers import scan_groups, scan_to_loop
-from jimm_linen.models.clip import CLIP, CLIPConfig, SigLIP, SigLIPConfig
+from jimm_linen.models.clip import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer
+from jimm_linen.models.clip.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
 from jimm_linen.models.clip import hf as clip_hf
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit import hf as vit_hf
@@ -24,28 +25,43 @@ from jimm_linen.models.vit import hf as vit_hf
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """What the generic loader needs to know about one model family."""
+    """What the generic loader needs to know about one model family (one HF `model_type`)."""
 
     module_cls: type[nn.Module]
-    config_cls: type
     keymap: Callable[[Any], ckpt.KeyMap]
     dummy_inputs: Callable[[Any], tuple]
+    from_hf: Callable[[dict], Any]  # config.json dict -> our config
+    to_hf: Callable[[Any], dict] = lambda config: config.to_hf_config()
     # (config, checkpoint keys) -> config: what config.json leaves out but the weights show.
     adapt_config: Callable[[Any, Any], Any] = lambda config, keys: config
+    # Which configs of `module_cls` this family writes (a ViT may be an HF ViT or a CLIP tower).
+    owns: Callable[[Any], bool] = lambda config: True
+
+
+def _tower(model_type: str, module_cls, keymap, dummy_inputs) -> Family:
+    return Family(module_cls, keymap, dummy_inputs, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config,
+                  owns=lambda config: tower_model_type(config) == model_type)
 
 
 FAMILIES: dict[str, Family] = {
-    "vit": Family(ViT, ViTConfig, vit_hf.keymap, vit_hf.dummy_inputs, vit_hf.adapt_config),
-    "clip": Family(CLIP, CLIPConfig, clip_hf.clip_keymap, clip_hf.dummy_inputs),
-    "siglip": Family(SigLIP, SigLIPConfig, clip_hf.siglip_keymap, clip_hf.dummy_inputs),
+    "vit": Family(ViT, vit_hf.keymap, vit_hf.dummy_inputs, ViTConfig.from_hf_config,
+                  adapt_config=vit_hf.adapt_config, owns=lambda c: not c.pre_norm and c.pooling != "map"),
+    "clip": Family(CLIP, clip_hf.clip_keymap, clip_hf.dummy_inputs, CLIPConfig.from_hf_config),
+    "siglip": Family(SigLIP, clip_hf.siglip_keymap, clip_hf.dummy_inputs, SigLIPConfig.from_hf_config),
+    "clip_vision_model": _tower("clip_vision_model", ViT, clip_hf.clip_vision_keymap, clip_hf.vision_dummy_inputs),
+    "clip_text_model": _tower("clip_text_model", TextTransformer, clip_hf.clip_text_keymap, clip_hf.text_dummy_inputs),
+    "siglip_vision_model": _tower("siglip_vision_model", ViT, clip_hf.siglip_vision_keymap,
+                                  clip_hf.vision_dummy_inputs),
+    "siglip_text_model": _tower("siglip_text_model", TextTransformer, clip_hf.siglip_text_keymap,
+                                clip_hf.text_dummy_inputs),
 }
 
 
 def family_of(model: nn.Module) -> Family:
     for fam in FAMILIES.values():
-        if isinstance(model, fam.module_cls):
+        if isinstance(model, fam.module_cls) and fam.owns(model.config):
             return fam
-    raise TypeError(f"no checkpoint family for {type(model).__name__}")
+    raise TypeError(f"no checkpoint family for this {type(model).__name__} ({type(model.config).__name__})")
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
@@ -76,7 +92,7 @@ def read_config(directory: Path) -> tuple[Family, Any]:
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")
     fam = FAMILIES[model_type]
-    return fam, fam.config_cls.from_hf_config(hf)
+    return fam, fam.from_hf(hf)
 
 
 def loop_shapes(model: nn.Module, fam: Family) -> dict[str, tuple[int, ...]]:
@@ -174,7 +190,7 @@ def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLik
     params = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
     if model.scan:
         params = scan_to_loop(params)
-    hf = model.config.to_hf_config()  # first: a config HF cannot express fails before any file is written
+    hf = fam.to_hf(model.config)  # first: a config HF cannot express fails before any file is written
     state = ckpt.linen_to_hf(ckpt.flatten_tree(params), fam.keymap(model.config))
     out = Path(out_dir)
     ckpt.write_state_dict(state, out, max_shard_bytes)

@@ -2,8 +2,11 @@
 `sharding=`), built from the `jimm_linen` models through `bridge`: no model math lives here."""
 
 from jimm_linen import make_tokamax_attention
-from jimm_nnx.models import CLIP, PretrainedModel, SigLIP, VisionTransformer
+from jimm_nnx.models import (
+    CLIP, CLIPTextModel, CLIPVisionModel, PretrainedModel, SigLIP, SigLIPTextModel, SigLIPVisionModel,
+    VisionTransformer,
+)
 from jimm_nnx.sharding import NoSharding, Sharding
 
-__all__ = ["CLIP", "NoSharding", "PretrainedModel", "Sharding", "SigLIP", "VisionTransformer",
-           "make_tokamax_attention"]
+__all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "NoSharding", "PretrainedModel", "Sharding", "SigLIP",
+           "SigLIPTextModel", "SigLIPVisionModel", "VisionTransformer", "make_tokamax_attention"]

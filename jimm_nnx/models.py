@@ -17,7 +17,7 @@ import jimm_linen
 from jimm_linen.layers import remat_policy
 from jimm_linen.models import clip as linen_clip
 from jimm_linen.models.vit import ViT, ViTConfig
-from jimm_linen.pretrained import FAMILIES
+from jimm_linen.pretrained import FAMILIES, read_config, resolve_checkpoint_dir
 from jimm_nnx.sharding import ShardingArg, resolve_sharding
 
 RngsArg = nnx.Rngs | jax.Array | int | None
@@ -162,3 +162,79 @@ class SigLIP(_ImageText):
     linen_cls = linen_clip.SigLIP
     config_cls = linen_clip.SigLIPConfig
     model_type = "siglip"
+
+
+class _Tower(PretrainedModel):
+    """One tower of CLIP / SigLIP. `from_pretrained` reads the tower's own HF checkpoint (e.g.
+    `CLIPVisionModelWithProjection`) or takes the tower out of a full `CLIPModel` /
+    `SiglipModel` checkpoint, as HF's tower classes do; `save_pretrained` writes HF's
+    single-tower format. CLIP towers include their projection when the checkpoint has one."""
+
+    full_cls: type = None  # the jimm_nnx two-tower class whose checkpoints hold this tower
+    tower: str = "vision"
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, attention_fn: Callable | None = None,
+                        dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                        sharding: ShardingArg = None, use_gradient_checkpointing: bool | str = False,
+                        rngs: RngsArg = None, **kwargs: Any):
+        directory = resolve_checkpoint_dir(name_or_path)
+        fam, _ = read_config(directory)
+        if fam is not FAMILIES[cls.full_cls.model_type]:
+            if fam is not FAMILIES[cls.model_type]:
+                raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
+            return super().from_pretrained(directory, attention_fn, dtype, param_dtype, sharding,
+                                           use_gradient_checkpointing, rngs, **kwargs)
+        rngs = _default_rngs(rngs)
+        placement = resolve_sharding(sharding)
+        module, variables = jimm_linen.from_pretrained(
+            directory, dtype=dtype, param_dtype=param_dtype, attention_fn=attention_fn,
+            remat_policy=_remat(use_gradient_checkpointing), rng=bridge.rng_streams(rngs)["params"],
+            mesh=placement.mesh, rules=placement.rules, **kwargs)
+        module, variables = linen_clip.split_tower(module, variables, cls.tower)
+        return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs,
+                                        example_inputs=FAMILIES[cls.model_type].dummy_inputs(module.config))
+
+    @classmethod
+    def _config(cls, config, overrides: dict[str, Any]):
+        if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers config
+            config = config.to_dict()
+        if isinstance(config, Mapping):
+            config = FAMILIES[cls.model_type].from_hf(dict(config))
+        elif not isinstance(config, cls.config_cls) or not FAMILIES[cls.model_type].owns(config):
+            raise TypeError(f"config must be an HF {cls.model_type} config dict or a {cls.config_cls.__name__} "
+                            f"of that tower, got {config!r:.80}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+
+class _VisionTower(_Tower, VisionTransformer):
+    """`model(images)`: the (projected, for CLIP with projection) image embedding, unnormalised."""
+
+
+class _TextTower(_Tower):
+    linen_cls = linen_clip.TextTransformer
+    config_cls = linen_clip.TextConfig
+    tower = "text"
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, train: bool = False,
+                 return_hidden_states: bool = False, *, rngs: RngsArg = None):
+        """The (projected) text embedding, unnormalised, or a `jimm_linen.TowerOutput` with
+        `return_hidden_states=True`."""
+        return self._run(input_ids, attention_mask, train=train, rngs=rngs,
+                         return_hidden_states=return_hidden_states)
+
+
+class CLIPVisionModel(_VisionTower):
+    full_cls, model_type = CLIP, "clip_vision_model"
+
+
+class CLIPTextModel(_TextTower):
+    full_cls, model_type = CLIP, "clip_text_model"
+
+
+class SigLIPVisionModel(_VisionTower):
+    full_cls, model_type = SigLIP, "siglip_vision_model"
+
+
+class SigLIPTextModel(_TextTower):
+    full_cls, model_type = SigLIP, "siglip_text_model"

@@ -212,3 +212,77 @@ def test_nnx_clip_trains_and_saves(clip_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(module.apply(variables, images, ids, mask).logits_per_image),
                                   np.asarray(model(images, ids, mask).logits_per_image))
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["CLIPModel"]
+
+
+# --- single towers ----------------------------------------------------------------------------
+
+TOWERS = {"clip": (jimm_nnx.CLIPVisionModel, jimm_nnx.CLIPTextModel, "CLIPVisionModelWithProjection",
+                   "CLIPTextModelWithProjection"),
+          "siglip": (jimm_nnx.SigLIPVisionModel, jimm_nnx.SigLIPTextModel, "SiglipVisionModel", "SiglipTextModel")}
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_towers_from_full_checkpoints_and_in_hf_tower_format(family, tmp_path):
+    import torch
+    import transformers
+
+    name, cfg = next(iter(parity.DEFAULTS[family].items()))
+    ref = parity.build_reference(family, cfg, tmp_path / "full", seed=4)
+    t = ref.config.text_config
+    pixels = parity.random_images(2, ref.config.vision_config.image_size, 3, seed=4)
+    ids, mask = parity.random_text(2, t.max_position_embeddings, t.vocab_size, t.eos_token_id, t.pad_token_id, seed=4)
+    images, ids_j, mask_j = jnp.asarray(pixels.transpose(0, 2, 3, 1)), jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+    with torch.no_grad():
+        want_img = ref.get_image_features(pixel_values=torch.from_numpy(pixels))
+        want_txt = ref.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    want_img = getattr(want_img, "pooler_output", want_img).numpy()
+    want_txt = getattr(want_txt, "pooler_output", want_txt).numpy()
+
+    vision_cls, text_cls, hf_vision, hf_text = TOWERS[family]
+    vision = vision_cls.from_pretrained(tmp_path / "full", sharding=jimm_nnx.NoSharding())
+    text = text_cls.from_pretrained(tmp_path / "full", sharding=jimm_nnx.NoSharding())
+    from tests.helpers import assert_close
+
+    assert_close(vision(images), want_img, what="image features")
+    assert_close(text(ids_j, mask_j), want_txt, what="text features")
+
+    # Saved in HF's single-tower format, which transformers loads and reproduces; read back by
+    # the jimm_nnx class and by jimm_linen.from_pretrained alike.
+    for model, arch, run, want in ((vision, hf_vision, lambda m: m(images), want_img),
+                                   (text, hf_text, lambda m: m(ids_j, mask_j), want_txt)):
+        out = tmp_path / arch
+        model.save_pretrained(out)
+        assert json.loads((out / "config.json").read_text())["architectures"] == [arch]
+        hf = getattr(transformers, arch).from_pretrained(out).eval()
+        with torch.no_grad():
+            o = hf(pixel_values=torch.from_numpy(pixels)) if model is vision else \
+                hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        got = getattr(o, "image_embeds", None) if model is vision else getattr(o, "text_embeds", None)
+        assert_close(got if got is not None else o.pooler_output, want, what=f"HF {arch}")
+        again = type(model).from_pretrained(out, sharding=jimm_nnx.NoSharding())
+        np.testing.assert_array_equal(np.asarray(run(again)), np.asarray(run(model)))
+        module, variables = jimm_linen.from_pretrained(out)
+        np.testing.assert_array_equal(np.asarray(module.apply(variables, *((images,) if model is vision else (ids_j, mask_j)))),
+                                      np.asarray(run(model)))
+    other = jimm_nnx.SigLIPVisionModel if family == "clip" else jimm_nnx.CLIPVisionModel
+    with pytest.raises(ValueError, match="checkpoint"):
+        other.from_pretrained(tmp_path / "full")
+
+
+def test_clip_vision_model_without_projection_reads_hf_clipvisionmodel(tmp_path):
+    import torch
+    import transformers
+
+    cfg = parity.CLIP_CONFIGS["clip-quick_gelu-eos5"]["vision_config"]
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**cfg)).eval()
+    parity.perturb_(hf, 1)
+    hf.save_pretrained(tmp_path)
+    pixels = parity.random_images(2, 16, 3, seed=0)
+    with torch.no_grad():
+        want = hf(pixel_values=torch.from_numpy(pixels)).pooler_output.numpy()
+    model = jimm_nnx.CLIPVisionModel.from_pretrained(tmp_path, sharding=jimm_nnx.NoSharding())
+    assert model.config.num_labels == 0
+    from tests.helpers import assert_close
+
+    assert_close(model(jnp.asarray(pixels.transpose(0, 2, 3, 1))), want, what="pooled CLS")

@@ -107,6 +107,12 @@ def _default(cls, field: str):
     return cls.__dataclass_fields__[field].default
 
 
+def _vision(cls, fields: dict[str, Any]) -> ViTConfig:
+    # pooler_output_size=None: it follows hidden_size (unused, the towers have no pooler, but a
+    # stale default would make equal configs compare unequal).
+    return dataclasses.replace(_default(cls, "vision"), **fields, pooler_output_size=None)
+
+
 _CLIP_TEXT_FIELDS = {**_TEXT_FIELDS, "initializer_range": "initializer_range"}
 _CLIP_VISION_FIELDS = {**_VISION_FIELDS, "initializer_range": "initializer_range"}
 
@@ -168,7 +174,7 @@ class CLIPConfig:
         v = _read(vision, _CLIP_VISION_FIELDS, {"projection_dim"}, "clip_vision_model")
         projection_dim = hf.get("projection_dim", 512)
         return cls(text=dataclasses.replace(_default(cls, "text"), **t),
-                   vision=dataclasses.replace(_default(cls, "vision"), **v), projection_dim=projection_dim,
+                   vision=_vision(cls, v), projection_dim=projection_dim,
                    logit_scale_init_value=hf.get("logit_scale_init_value", 2.6592),
                    initializer_factor=_factor(hf),
                    text_projection_dim=text.get("projection_dim", projection_dim),
@@ -239,7 +245,7 @@ class SigLIPConfig:
                              "head has no image embedding; jimm reads SigLIP with the head")
         text_cfg = dataclasses.replace(_default(cls, "text"), **t)
         text_cfg = dataclasses.replace(text_cfg, projection_size=text.get("projection_size", text_cfg.hidden_size))
-        return cls(text=text_cfg, vision=dataclasses.replace(_default(cls, "vision"), **v),
+        return cls(text=text_cfg, vision=_vision(cls, v),
                    initializer_factor=_factor(hf))
 
     def to_hf_config(self) -> dict[str, Any]:
@@ -249,3 +255,75 @@ class SigLIPConfig:
         vision["vision_use_head"] = True
         return {"model_type": "siglip", "architectures": ["SiglipModel"],
                 "initializer_factor": self.initializer_factor, "text_config": text, "vision_config": vision}
+
+
+# --- single towers: HF's CLIPVisionModel[WithProjection], CLIPTextModel[WithProjection],
+# SiglipVisionModel and SiglipTextModel checkpoints, as a `ViTConfig` / `TextConfig`.
+
+TOWER_ARCHITECTURES = {
+    "clip_vision_model": ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
+    "clip_text_model": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+    "siglip_vision_model": ("SiglipVisionModel",),
+    "siglip_text_model": ("SiglipTextModel",),
+}
+
+
+def tower_from_hf_config(hf: dict[str, Any]):
+    """The tower config of a single-tower HF checkpoint (model_type `clip_vision_model`,
+    `clip_text_model`, `siglip_vision_model` or `siglip_text_model`)."""
+    model_type = hf.get("model_type")
+    if model_type not in TOWER_ARCHITECTURES:
+        raise ValueError(f"not a CLIP / SigLIP tower config: model_type {model_type!r}")
+    archs = hf.get("architectures") or [TOWER_ARCHITECTURES[model_type][0]]
+    if len(archs) != 1 or archs[0] not in TOWER_ARCHITECTURES[model_type]:
+        raise ValueError(f"unsupported architectures {archs} for {model_type}; jimm reads "
+                         f"{TOWER_ARCHITECTURES[model_type]}")
+    projection = archs[0].endswith("WithProjection")
+    tower = "vision" if "vision" in model_type else "text"
+    if model_type.startswith("clip"):
+        full = CLIPConfig.from_hf_config({"model_type": "clip", f"{tower}_config": hf,
+                                          "projection_dim": hf.get("projection_dim", 512)})
+        config = getattr(full, tower)
+        if not projection:
+            return dataclasses.replace(config, **({"num_labels": 0} if tower == "vision" else {"projection_size": 0}))
+        return config
+    if tower == "text":
+        return SigLIPConfig.from_hf_config({"model_type": "siglip", "text_config": hf,
+                                            "vision_config": {"hidden_size": hf.get("projection_size", hf.get("hidden_size", 768))}}).text
+    return SigLIPConfig.from_hf_config({"model_type": "siglip", "vision_config": hf,
+                                        "text_config": {"projection_size": hf.get("hidden_size", 768)}}).vision
+
+
+def tower_model_type(config) -> str:
+    """Which HF single-tower model a CLIP / SigLIP tower config is."""
+    if isinstance(config, TextConfig):
+        return "clip_text_model" if config.causal else "siglip_text_model"
+    if config.pre_norm:
+        return "clip_vision_model"
+    if config.pooling == "map":
+        return "siglip_vision_model"
+    raise ValueError("this ViTConfig is not a CLIP or SigLIP vision tower (no pre-norm, no MAP pooling)")
+
+
+def tower_to_hf_config(config) -> dict[str, Any]:
+    """A `config.json` for the tower as HF's single-tower model (with its projection, if any)."""
+    model_type = tower_model_type(config)
+    if model_type == "clip_vision_model":
+        hf = _write(config, _CLIP_VISION_FIELDS, model_type)
+        hf["projection_dim"] = config.num_labels or 512
+        arch = "CLIPVisionModelWithProjection" if config.num_labels else "CLIPVisionModel"
+    elif model_type == "clip_text_model":
+        hf = _write(config, _CLIP_TEXT_FIELDS, model_type)
+        hf["projection_dim"] = config.projection_size or 512
+        arch = "CLIPTextModelWithProjection" if config.projection_size else "CLIPTextModel"
+    elif model_type == "siglip_vision_model":
+        if config.num_labels:
+            raise ValueError("HF's SiglipVisionModel has no projection head")
+        hf = _write(config, _VISION_FIELDS, model_type)
+        hf["vision_use_head"] = True
+        arch = "SiglipVisionModel"
+    else:
+        hf = _write(config, _TEXT_FIELDS, model_type)
+        hf["projection_size"] = config.projection_size
+        arch = "SiglipTextModel"
+    return {**hf, "architectures": [arch]}

@@ -54,28 +54,69 @@ def map_head_rules(hf: str, linen: str) -> list[Rule]:
     ]
 
 
+def clip_vision_rules(linen: str, hf: str = "vision_model.", projection: bool = True) -> list[Rule]:
+    rules = [*vision_rules(hf, linen),
+             Rule(f"{hf}embeddings.class_embedding", f"{linen}cls", DropLeading(2)),
+             *norm(f"{hf}pre_layrnorm", f"{linen}pre_norm")]
+    if projection:
+        rules.append(Rule("visual_projection.weight", f"{linen}head/kernel", LinearKernel(1)))
+    return rules
+
+
+def clip_text_rules(linen: str, hf: str = "text_model.", projection: bool = True) -> list[Rule]:
+    rules = text_rules(hf, linen)
+    if projection:
+        rules.append(Rule("text_projection.weight", f"{linen}head/kernel", LinearKernel(1)))
+    return rules
+
+
+def siglip_vision_rules(linen: str, hf: str = "vision_model.") -> list[Rule]:
+    return [*vision_rules(hf, linen), Rule(f"{hf}embeddings.patch_embedding.bias", f"{linen}embedding/bias"),
+            *map_head_rules(f"{hf}head.", f"{linen}MAPHead_0/")]
+
+
+def siglip_text_rules(linen: str, hf: str = "text_model.") -> list[Rule]:
+    return [*text_rules(hf, linen), *linear(f"{hf}head", f"{linen}head")]
+
+
 def clip_keymap(config) -> KeyMap:
-    return KeyMap([
-        *text_rules("text_model.", "txt/"),
-        *vision_rules("vision_model.", "img/"),
-        Rule("vision_model.embeddings.class_embedding", "img/cls", DropLeading(2)),
-        *norm("vision_model.pre_layrnorm", "img/pre_norm"),
-        Rule("visual_projection.weight", "img/head/kernel", LinearKernel(1)),
-        Rule("text_projection.weight", "txt/head/kernel", LinearKernel(1)),
-        Rule("logit_scale", "t", DropLeading(1)),
-    ], ignore=IGNORED)
+    return KeyMap([*clip_text_rules("txt/"), *clip_vision_rules("img/"),
+                   Rule("logit_scale", "t", DropLeading(1))], ignore=IGNORED)
 
 
 def siglip_keymap(config) -> KeyMap:
-    return KeyMap([
-        *text_rules("text_model.", "txt/"),
-        *linear("text_model.head", "txt/head"),
-        *vision_rules("vision_model.", "img/"),
-        Rule("vision_model.embeddings.patch_embedding.bias", "img/embedding/bias"),
-        *map_head_rules("vision_model.head.", "img/MAPHead_0/"),
-        Rule("logit_scale", "t"),
-        Rule("logit_bias", "b"),
-    ], ignore=IGNORED)
+    return KeyMap([*siglip_text_rules("txt/"), *siglip_vision_rules("img/"),
+                   Rule("logit_scale", "t"), Rule("logit_bias", "b")], ignore=IGNORED)
+
+
+# --- single towers (HF's CLIPVisionModel[WithProjection], CLIPTextModel[WithProjection],
+# SiglipVisionModel, SiglipTextModel). Without a projection HF saves the tower un-prefixed
+# (`embeddings...`); with one, under `vision_model.` / `text_model.` beside the projection.
+
+def clip_vision_keymap(config) -> KeyMap:
+    projection = bool(config.num_labels)
+    return KeyMap(clip_vision_rules("", "vision_model." if projection else "", projection), ignore=IGNORED)
+
+
+def clip_text_keymap(config) -> KeyMap:
+    projection = bool(config.projection_size)
+    return KeyMap(clip_text_rules("", "text_model." if projection else "", projection), ignore=IGNORED)
+
+
+def siglip_vision_keymap(config) -> KeyMap:
+    return KeyMap(siglip_vision_rules("", ""), ignore=IGNORED)
+
+
+def siglip_text_keymap(config) -> KeyMap:
+    return KeyMap(siglip_text_rules("", ""), ignore=IGNORED)
+
+
+def vision_dummy_inputs(config):
+    return (jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32),)
+
+
+def text_dummy_inputs(config):
+    return (jnp.zeros((1, config.max_position_embeddings), jnp.int32),)
 
 
 def dummy_inputs(config):

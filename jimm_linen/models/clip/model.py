@@ -199,3 +199,16 @@ class SigLIP(_ImageText):
     @staticmethod
     def loss(logits_per_text):
         return sigmoid_loss(logits_per_text)
+
+
+def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Module, dict]:
+    """One tower of a CLIP / SigLIP model as its own module and variables: `tower="vision"`
+    gives the `ViT` (its `head` is CLIP's visual projection), `"text"` the `TextTransformer`.
+    The arrays are shared, not copied."""
+    names = {"vision": ("img", ViT, model.config.vision), "text": ("txt", TextTransformer, model.config.text)}
+    if tower not in names:
+        raise ValueError(f"tower must be 'vision' or 'text', got {tower!r}")
+    key, cls, config = names[tower]
+    module = cls(config, attention_fn=model.attention_fn, dtype=model.dtype, param_dtype=model.param_dtype,
+                 scan=model.scan, remat_policy=model.remat_policy)
+    return module, {col: tree[key] for col, tree in variables.items() if key in tree}

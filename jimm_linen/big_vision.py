@@ -97,7 +97,7 @@ from jimm_linen.layers import scan_groups
 from jimm_linen.models.clip import SigLIP, SigLIPConfig, TextConfig
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit.config import VARIANTS
-from jimm_linen.pretrained import FAMILIES, _fresh_params, loop_shapes
+from jimm_linen.pretrained import FAMILIES, fresh_params, loop_shapes
 
 __all__ = ["NpzReader", "load_npz", "posemb_sincos_2d", "siglip_config", "vit_config"]
 
@@ -703,7 +703,7 @@ def load_npz(
                                   _keymap(expected, entries, module, vit_prefix), expected, dont_load)
         except CheckpointError as err:
             raise CheckpointError(str(err) + _hints(entries, expected, module, vit_prefix)) from None
-        fresh = _fresh_params(module, fam, plan, expected, rng)
+        fresh = fresh_params(module, fam, plan, expected, rng)
         if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
             stored = {entries[src.hf_key].dtype for src in plan.values()}
             if len(stored) == 1:

@@ -136,7 +136,7 @@ def from_pretrained(
                                param_dtype=param_dtype or jnp.float32, scan=scan, remat_policy=remat_policy)
         expected = loop_shapes(model, fam)
         plan = ckpt.plan_load(reader.shapes, fam.keymap(config), expected, dont_load)
-        fresh = _fresh_params(model, fam, plan, expected, rng)
+        fresh = fresh_params(model, fam, plan, expected, rng)
         if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
             stored = {reader.dtype(src.hf_key) for src in plan.values()}
             if len(stored) == 1:
@@ -167,7 +167,7 @@ def from_pretrained(
     return model, {"params": ckpt.unflatten_tree(flat)}
 
 
-def _fresh_params(model: nn.Module, fam: Family, plan, expected, rng) -> dict[str, np.ndarray]:
+def fresh_params(model: nn.Module, fam: Family, plan, expected, rng) -> dict[str, np.ndarray]:
     """Initialised values for the parameters `dont_load` kept out of the checkpoint (loop
     layout). Jitted so that only their initialisers run: XLA drops the rest of the model."""
     wanted = [k for k in expected if k not in plan]

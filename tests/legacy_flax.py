@@ -22,16 +22,28 @@ How it runs:
    `fcntl` lock on `<folder>.lock` serialises concurrent installers (pytest-xdist workers).
    Any failure raises `LegacyFlaxInstallError` with pip's output; tests let it fail, never skip.
    `JIMM_LEGACY_FLAX_DIR` overrides the folder.
-2. `run_reference(jobs, out_root)` runs *this file* as a script in a subprocess whose
+2. `run_reference(jobs, work_dir)` runs *this file* as a script in a subprocess whose
    `PYTHONPATH` starts with that folder (so its transformers shadows the main one), with
-   `JAX_PLATFORMS=cpu` and highest matmul precision. For each job it loads a checkpoint directory
-   written by PyTorch `ViTForImageClassification.save_pretrained` (transformers 5.23) with
-   `FlaxViTForImageClassification.from_pretrained(dir, from_pt=True)` (it reads `model.safetensors`
-   and converts the PyTorch layouts; since it only warns about weights it initialises randomly,
-   and `_do_init=False` is not supported with `from_pt`, the worker converts the file again and
-   checks that every model parameter equals the checkpoint's and every tensor is used), runs it on an NCHW
-   `pixel_values` `.npy` (the HF Flax ViT takes NCHW like PyTorch and transposes to NHWC inside),
-   and writes `logits.npy`, `hidden_state_{i}.npy` and `meta.json` into the job's folder.
+   `JAX_PLATFORMS=cpu` and highest matmul precision. A job is a dict: `checkpoint` (a directory
+   written by a PyTorch model's `save_pretrained`, transformers 5.23), `out` (a folder for the
+   results), `model_class` (a legacy Flax class of transformers 4.57.6, e.g. `FlaxCLIPModel`;
+   default `FlaxViTForImageClassification`) and `inputs` (`{argument: .npy path}`, e.g.
+   `pixel_values` (NCHW: the HF Flax vision models take NCHW like PyTorch and transpose to NHWC
+   inside), `input_ids`, `attention_mask`); a job with only `pixels` means
+   `inputs={"pixel_values": pixels}`. For each job the worker loads the checkpoint with
+   `<model_class>.from_pretrained(dir, from_pt=True)` (it reads `model.safetensors` and converts
+   the PyTorch layouts; since it only warns about weights it initialises randomly, and
+   `_do_init=False` is not supported with `from_pt`, the worker converts the file again and
+   checks that every model parameter equals the checkpoint's and every tensor is used; the
+   random init that `from_pretrained` runs before putting the checkpoint's weights in place is
+   jitted, see `_jitted_init`), calls `model(**inputs, output_hidden_states=True, train=False)`
+   under `jax.jit` (op by op, each op is its own XLA compile), and writes every array of the
+   output (nested outputs and tuples included) as `<field>[.<subfield>|.<i>]*.npy`, plus
+   `meta.json` (versions, class, the model's full config, the output's structure).
+   `load_outputs(out)` reads them back as a nested dict mirroring the output (tuples as lists):
+   `{"meta", "logits", "hidden_states": [...]}` for the ViT, `{"meta", "logits_per_image",
+   "text_embeds", ..., "text_model_output": {"hidden_states": [...], "pooler_output", ...}, ...}`
+   for CLIP.
 """
 
 from __future__ import annotations
@@ -110,7 +122,7 @@ def _legacy_env(target: Path) -> dict[str, str]:
 
 
 _CHECK = (
-    "import transformers, sys; from transformers import FlaxViTForImageClassification; "
+    "import transformers, sys; from transformers import FlaxViTForImageClassification, FlaxCLIPModel; "
     f"assert transformers.__version__ == {TRANSFORMERS_VERSION!r}, transformers.__version__; "
     "assert transformers.__file__.startswith(sys.argv[1]), transformers.__file__"
 )
@@ -145,13 +157,36 @@ def ensure_installed() -> Path:
     return target
 
 
+DEFAULT_MODEL_CLASS = "FlaxViTForImageClassification"
+
+
+def _job_spec(job: dict) -> dict:
+    """A job in the worker's form: `checkpoint`, `out`, `model_class`, `inputs` (all strings)."""
+    unknown = set(job) - {"checkpoint", "out", "model_class", "inputs", "pixels"}
+    if unknown or "checkpoint" not in job or "out" not in job:
+        raise ValueError(f"a legacy Flax job needs `checkpoint` and `out` and takes `model_class`, `inputs` "
+                         f"(or `pixels`); got {sorted(job)}")
+    inputs = dict(job.get("inputs") or {})
+    if "pixels" in job:
+        if "pixel_values" in inputs:
+            raise ValueError("give the pixels as `pixels` or as `inputs['pixel_values']`, not both")
+        inputs["pixel_values"] = job["pixels"]
+    if not inputs:
+        raise ValueError(f"the job for {job['checkpoint']} has no inputs")
+    return {"checkpoint": str(job["checkpoint"]), "out": str(job["out"]),
+            "model_class": str(job.get("model_class", DEFAULT_MODEL_CLASS)),
+            "inputs": {str(k): str(v) for k, v in inputs.items()}}
+
+
 def run_reference(jobs: list[dict], work_dir: Path, timeout_s: int = 600) -> None:
-    """Run the legacy Flax model for each job (`checkpoint`, `pixels` (.npy, NCHW), `out`) in one
-    subprocess on the side install. Raises with the subprocess' output if anything fails."""
+    """Run the legacy Flax model of each job (see the module docstring: `checkpoint`, `out`,
+    `model_class`, `inputs` of .npy paths, or the ViT's `pixels`) in one subprocess on the side
+    install. Raises with the subprocess' output if anything fails."""
+    specs = [_job_spec(job) for job in jobs]
     target = ensure_installed()
     work_dir.mkdir(parents=True, exist_ok=True)
     jobs_file = work_dir / "legacy_jobs.json"
-    jobs_file.write_text(json.dumps([{k: str(v) for k, v in job.items()} for job in jobs]))
+    jobs_file.write_text(json.dumps(specs))
     cmd = [sys.executable, str(Path(__file__).resolve()), str(jobs_file), str(target)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                           env=_legacy_env(target), cwd=work_dir)
@@ -160,15 +195,79 @@ def run_reference(jobs: list[dict], work_dir: Path, timeout_s: int = 600) -> Non
                            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
 
 
-def load_outputs(out: Path) -> dict:
+def _load_tree(tree, out: Path):
     import numpy as np
 
+    if isinstance(tree, dict):
+        return {k: _load_tree(v, out) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_load_tree(v, out) for v in tree]
+    return np.load(out / tree)
+
+
+def load_outputs(out: Path) -> dict:
+    """A job's results: `{"meta": ..., <output field>: array | [arrays] | {nested fields}}`."""
     meta = json.loads((out / "meta.json").read_text())
-    return {"meta": meta, "logits": np.load(out / "logits.npy"),
-            "hidden_states": [np.load(out / f"hidden_state_{i}.npy") for i in range(meta["num_hidden_states"])]}
+    return {"meta": meta, **_load_tree(meta["outputs"], out)}
 
 
 # --- the worker: runs in the subprocess, on the side-installed transformers ---------------------
+
+def _check_params(model, ckpt: Path) -> None:
+    """Every parameter of the loaded Flax model is the checkpoint's, and every tensor is used.
+    (from_pretrained only warns about weights it had to initialise randomly, and `from_pt` does
+    not support `_do_init=False`, which would raise: convert the file again and compare.)"""
+    import numpy as np
+    from flax.traverse_util import flatten_dict
+    from safetensors import safe_open
+    from transformers.modeling_flax_pytorch_utils import load_pytorch_checkpoint_in_flax_state_dict
+
+    converted = flatten_dict(load_pytorch_checkpoint_in_flax_state_dict(
+        model, str(ckpt / "model.safetensors"), is_sharded=False))
+    params = flatten_dict(model.params)
+    with safe_open(ckpt / "model.safetensors", framework="np") as f:
+        n_tensors = len(list(f.keys()))
+    if set(converted) != set(params) or len(params) != n_tensors:
+        raise SystemExit(f"{ckpt}: {n_tensors} checkpoint tensors, {len(params)} Flax params; "
+                         f"not from the checkpoint: {sorted(set(params) - set(converted))}; "
+                         f"unused: {sorted(set(converted) - set(params))}")
+    for key, value in params.items():
+        if not np.array_equal(np.asarray(value), np.asarray(converted[key])):
+            raise SystemExit(f"{ckpt}: parameter {key} is not the checkpoint's")
+
+
+def _jitted_init(model_cls):
+    """`model_cls` with its random init (`init_weights` without `params`) run as one jitted
+    program. `from_pretrained(..., _do_init=True)` (the only mode `from_pt` supports) first
+    initialises every weight randomly, op by op, then puts the checkpoint's over them: on a
+    small model nearly all of the load time is the XLA compiles of those ops. The values are the
+    same jitted or not, and `_check_params` checks that none of them is left."""
+    import jax
+
+    def init_weights(self, rng, input_shape, params=None):
+        if params is not None:
+            return model_cls.init_weights(self, rng, input_shape, params)
+        return jax.jit(lambda key: model_cls.init_weights(self, key, input_shape))(rng)
+
+    return type(model_cls.__name__, (model_cls,), {"init_weights": init_weights, "__module__": model_cls.__module__})
+
+
+def _save_tree(value, out: Path, name: str):
+    """Write every array of a (nested) model output; return the same structure of file names."""
+    from collections.abc import Mapping
+
+    import numpy as np
+
+    if isinstance(value, Mapping):  # ModelOutput (an OrderedDict of its non-None fields) or dict
+        return {k: _save_tree(v, out, f"{name}.{k}" if name else k) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_save_tree(v, out, f"{name}.{i}") for i, v in enumerate(value)]
+    array = np.asarray(value)
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    np.save(out / f"{name}.npy", array)
+    return f"{name}.npy"
+
 
 def _worker(jobs_file: str, target: str) -> None:
     import jax
@@ -176,43 +275,35 @@ def _worker(jobs_file: str, target: str) -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
     import numpy as np
     import transformers
-    from flax.traverse_util import flatten_dict
-    from safetensors import safe_open
-    from transformers import FlaxViTForImageClassification
-    from transformers.modeling_flax_pytorch_utils import load_pytorch_checkpoint_in_flax_state_dict
 
     assert transformers.__version__ == TRANSFORMERS_VERSION, transformers.__version__
     assert os.path.realpath(transformers.__file__).startswith(os.path.realpath(target)), transformers.__file__
     for job in json.loads(Path(jobs_file).read_text()):
         ckpt, out = Path(job["checkpoint"]), Path(job["out"])
-        model = FlaxViTForImageClassification.from_pretrained(ckpt, from_pt=True)
-        # from_pretrained only warns about weights it had to initialise randomly (and `from_pt`
-        # does not support `_do_init=False`, which would raise): convert the file again and
-        # check that it gives exactly the model's parameters, every one of them.
-        converted = flatten_dict(load_pytorch_checkpoint_in_flax_state_dict(
-            model, str(ckpt / "model.safetensors"), is_sharded=False))
-        params = flatten_dict(model.params)
-        with safe_open(ckpt / "model.safetensors", framework="np") as f:
-            n_tensors = len(list(f.keys()))
-        if set(converted) != set(params) or len(params) != n_tensors:
-            raise SystemExit(f"{ckpt}: {n_tensors} checkpoint tensors, {len(params)} Flax params; "
-                             f"not from the checkpoint: {sorted(set(params) - set(converted))}; "
-                             f"unused: {sorted(set(converted) - set(params))}")
-        for key, value in params.items():
-            if not np.array_equal(np.asarray(value), np.asarray(converted[key])):
-                raise SystemExit(f"{ckpt}: parameter {key} is not the checkpoint's")
-        pixels = np.load(job["pixels"])
-        result = model(pixels, output_hidden_states=True, train=False)
+        cls_name = job["model_class"]
+        if not cls_name.startswith("Flax") or not hasattr(transformers, cls_name):
+            raise SystemExit(f"{cls_name!r} is not a Flax model class of transformers {transformers.__version__}")
+        model = _jitted_init(getattr(transformers, cls_name)).from_pretrained(ckpt, from_pt=True)
+        _check_params(model, ckpt)
+        inputs = {name: np.load(path) for name, path in job["inputs"].items()}
+        # Jitted as HF's Flax docs advise (op by op, every op is its own XLA compile: seconds).
+        forward = jax.jit(lambda params, inputs: model(**inputs, params=params, output_hidden_states=True,
+                                                       train=False))
+        result = forward(model.params, inputs)
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "logits.npy", np.asarray(result.logits, np.float32))
-        for i, h in enumerate(result.hidden_states):
-            np.save(out / f"hidden_state_{i}.npy", np.asarray(h, np.float32))
-        (out / "meta.json").write_text(json.dumps({
+        outputs = _save_tree(result, out, "")
+        config = json.loads(model.config.to_json_string(use_diff=False))
+        meta = {
             "transformers_version": transformers.__version__, "transformers_file": transformers.__file__,
-            "model_class": type(model).__name__, "num_hidden_states": len(result.hidden_states),
-            "hidden_act": model.config.hidden_act, "layer_norm_eps": model.config.layer_norm_eps,
-            "qkv_bias": model.config.qkv_bias, "jax_backend": jax.default_backend(),
-        }))
+            "model_class": type(model).__name__, "jax_backend": jax.default_backend(), "config": config,
+            "inputs": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in inputs.items()},
+            "outputs": outputs,
+        }
+        # Shortcuts the ViT test reads: its config fields and the number of hidden states.
+        meta.update({k: config[k] for k in ("hidden_act", "layer_norm_eps", "qkv_bias") if k in config})
+        if isinstance(outputs.get("hidden_states"), list):
+            meta["num_hidden_states"] = len(outputs["hidden_states"])
+        (out / "meta.json").write_text(json.dumps(meta))
 
 
 if __name__ == "__main__":

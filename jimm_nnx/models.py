@@ -59,16 +59,20 @@ class PretrainedModel(bridge.LinenModule):
         on the current mesh if one is set. Each parameter is read straight into its sharding.
         `kwargs` go to `jimm_linen.from_pretrained` (`dont_load=`, `scan=`, config overrides
         such as `num_labels=`); `rngs` initialises `dont_load` parameters and drives dropout."""
-        rngs = _default_rngs(rngs)
-        placement = resolve_sharding(sharding)
-        module, variables = jimm_linen.from_pretrained(
-            name_or_path, dtype=dtype, param_dtype=param_dtype, attention_fn=attention_fn,
-            remat_policy=_remat(use_gradient_checkpointing), rng=bridge.rng_streams(rngs)["params"],
-            mesh=placement.mesh, rules=placement.rules, **kwargs)
+        rngs, placement = _default_rngs(rngs), resolve_sharding(sharding)
+        module, variables = cls._load(name_or_path, rngs, placement, attention_fn=attention_fn, dtype=dtype,
+                                      param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
+                                      **kwargs)
         if not isinstance(module, cls.linen_cls):
             raise ValueError(f"{name_or_path} holds a {type(module).__name__}, not a {cls.linen_cls.__name__} "
                              f"(use the jimm_nnx class for its model_type)")
         return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs)
+
+    @staticmethod
+    def _load(name_or_path, rngs, placement: bridge.Placement, **kwargs: Any):
+        """`jimm_linen.from_pretrained`, each parameter read straight onto the placement."""
+        return jimm_linen.from_pretrained(name_or_path, rng=bridge.rng_streams(rngs)["params"],
+                                          mesh=placement.mesh, rules=placement.rules, **kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any, *, rngs: RngsArg = None,
@@ -185,12 +189,10 @@ class _Tower(PretrainedModel):
                 raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
             return super().from_pretrained(directory, attention_fn, dtype, param_dtype, sharding,
                                            use_gradient_checkpointing, rngs, **kwargs)
-        rngs = _default_rngs(rngs)
-        placement = resolve_sharding(sharding)
-        module, variables = jimm_linen.from_pretrained(
-            directory, dtype=dtype, param_dtype=param_dtype, attention_fn=attention_fn,
-            remat_policy=_remat(use_gradient_checkpointing), rng=bridge.rng_streams(rngs)["params"],
-            mesh=placement.mesh, rules=placement.rules, **kwargs)
+        rngs, placement = _default_rngs(rngs), resolve_sharding(sharding)
+        module, variables = cls._load(directory, rngs, placement, attention_fn=attention_fn, dtype=dtype,
+                                      param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
+                                      **kwargs)
         module, variables = linen_clip.split_tower(module, variables, cls.tower)
         return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs,
                                         example_inputs=FAMILIES[cls.model_type].dummy_inputs(module.config))

@@ -286,3 +286,19 @@ def test_clip_vision_model_without_projection_reads_hf_clipvisionmodel(tmp_path)
     from tests.helpers import assert_close
 
     assert_close(model(jnp.asarray(pixels.transpose(0, 2, 3, 1))), want, what="pooled CLS")
+
+
+@pytest.mark.parametrize("impl", ["xla", "xla_chunked"])
+def test_tokamax_attention_with_causal_and_padding_masks(impl):
+    """CLIP's text tower passes both masks to the attention_fn; tokamax's backends honour them."""
+    from tests.helpers import assert_close
+
+    model, variables, images, _ = init(CLIP, jimm_linen.CLIP)
+    ids, mask = parity.random_text(2, 8, 64, 3, 1, seed=0)
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+    want = model.apply(variables, images, ids, mask, return_hidden_states=True)
+    got = model.clone(attention_fn=jimm_linen.make_tokamax_attention(impl)).apply(
+        variables, images, ids, mask, return_hidden_states=True)
+    assert_close(got.logits_per_image, want.logits_per_image, what="logits")
+    for i, (a, b) in enumerate(zip(got.text_output.hidden_states, want.text_output.hidden_states)):
+        assert_close(a, b, what=f"text hidden state {i}")

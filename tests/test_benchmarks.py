@@ -1,0 +1,116 @@
+"""The benchmark harness end to end on a tiny config (no side installs), its agreement check,
+the README block it regenerates, the MFU FLOP formula, and the GPU suite's logic on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import report, run, workloads
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_FIELDS = {"contender", "label", "versions", "workload", "batch", "dtype", "median_s", "min_s", "max_s",
+              "throughput", "xla_peak_bytes", "max_rss_bytes", "compile_s", "round_medians_s", "steps",
+              "rounds", "loadavg_before", "loadavg_after", "agreement_rel_diff", "model_flops"}
+
+
+def _harness(*args, cwd=REPO):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no fake devices in the workers
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "cpu", "--quick", *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_quick_suite_records_every_field_and_regenerates_the_readme(tmp_path):
+    results, readme = tmp_path / "r.jsonl", tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Benchmarks\n\nkept\n\n{report.BEGIN}\nold table\n{report.END}\n\n## Tests\nkept too\n")
+    proc = _harness("--workloads", "vit_b16_infer,vit_b16_train", "--results", str(results), "--readme", str(readme))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((r["workload"], r["contender"]) for r in rows) == sorted(
+        (w, c) for w in ("vit_b16_infer", "vit_b16_train") for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx"))
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["throughput"] == pytest.approx(r["batch"] / r["median_s"])
+        assert r["agreement_rel_diff"] <= workloads.AGREE_RTOL["float32"]
+        assert r["max_rss_bytes"] > 0 and r["compile_s"] > 0
+        if r["contender"].startswith("jimm"):
+            assert r["xla_peak_bytes"] > 0 and r["versions"]["jax"]
+        else:
+            assert r["xla_peak_bytes"] is None and r["versions"]["torch"]
+    text = readme.read_text()
+    assert "old table" not in text and "kept\n" in text and "## Tests\nkept too" in text
+    block = text.split(report.BEGIN)[1].split(report.END)[0]
+    for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx"):
+        assert block.count(f"| {c} |") == 2  # one row per workload
+    assert "ViT-B/16 training step" in block
+
+
+def test_a_wrong_output_stops_the_run_before_anything_is_recorded(tmp_path):
+    results = tmp_path / "r.jsonl"
+    proc = _harness("--workloads", "vit_b16_infer", "--contenders", "hf_torch_eager,jimm_nnx",
+                    "--corrupt", "jimm_nnx", "--results", str(results), "--no-readme")
+    assert proc.returncode != 0
+    assert "disagree" in proc.stderr and "jimm_nnx/logits" in proc.stderr, proc.stderr[-2000:]
+    assert not results.exists()
+
+
+def test_check_agreement():
+    ref = {"logits": np.ones((2, 3)), "loss": np.float32(2.0)}
+    ok = {"logits": np.ones((2, 3)) + 5e-5, "loss": np.float32(2.0)}
+    worst = run.check_agreement({"ref": ref, "ok": ok}, "ref", 1e-4)
+    assert worst["ref"] == 0 and 4e-5 < worst["ok"] < 6e-5
+    for bad in ({"logits": np.ones((2, 3)) * 1.001, "loss": np.float32(2.0)},
+                {"logits": np.full((2, 3), np.nan), "loss": np.float32(2.0)},
+                {"logits": np.ones((3, 2)), "loss": np.float32(2.0)},
+                {"logits": np.ones((2, 3))}):
+        with pytest.raises(run.DisagreementError, match="bad"):
+            run.check_agreement({"ref": ref, "bad": bad}, "ref", 1e-4)
+
+
+def test_vit_flop_formula_matches_xla_cost_analysis():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    import jimm_linen
+
+    cfg = dict(workloads.VIT_B16)
+    # Looped layers: XLA's cost analysis counts a scanned (while-loop) body once.
+    model = jimm_linen.ViT(jimm_linen.ViTConfig.from_hf_config(cfg), scan=False)
+    x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(x.shape)))["params"])
+    compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
+    xla = compiled.cost_analysis()
+    xla = xla[0] if isinstance(xla, (list, tuple)) else xla
+    ours = workloads.vit_flops(cfg, 2, train=False)
+    # XLA also counts the elementwise work (softmax, GELU, norms): a few percent above the matmuls.
+    assert ours <= xla["flops"] <= 1.08 * ours
+    assert workloads.vit_flops(cfg, 2, train=True) == 3 * ours
+    assert workloads.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and workloads.peak_flops("cpu") is None
+
+
+def test_gpu_suite_covers_every_backend_and_runs_its_logic_on_cpu(tmp_path):
+    suite = {w.name: w for w in workloads.gpu_suite()}
+    assert {e.options.get("attention") for e in suite["gpu_attention_backends_bf16"].entries} == \
+        {None, *workloads.TOKAMAX_GPU_BACKENDS}
+    assert {w.dtype for w in suite.values()} == {"bfloat16"}
+    assert all(e.options.get("device") == "cuda" for w in suite.values() for e in w.entries
+               if e.contender.startswith("hf_torch"))
+    on_cpu = run._on_cpu(suite["gpu_attention_backends_bf16"])
+    assert [e.name for e in on_cpu.entries] == ["jimm_linen+default", "jimm_linen+xla_chunked", "jimm_linen+xla"]
+    results = tmp_path / "g.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "gpu", "--quick", "--allow-cpu",
+                           "--workloads", "gpu_attention_backends_bf16", "--results", str(results), "--no-readme"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["label"] for r in rows] == [e.name for e in on_cpu.entries]
+    assert all(r["dtype"] == "bfloat16" and r["agreement_rel_diff"] <= workloads.AGREE_RTOL["bfloat16"] for r in rows)

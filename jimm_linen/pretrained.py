@@ -61,7 +61,7 @@ def family_of(model: nn.Module) -> Family:
     for fam in FAMILIES.values():
         if isinstance(model, fam.module_cls) and fam.owns(model.config):
             return fam
-    raise TypeError(f"no checkpoint family for this {type(model).__name__} ({type(model.config).__name__})")
+    raise TypeError(f"no checkpoint family for {type(model).__name__} {getattr(model, 'config', '')!r:.120}")
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:

@@ -178,6 +178,28 @@ def _job_spec(job: dict) -> dict:
             "inputs": {str(k): str(v) for k, v in inputs.items()}}
 
 
+def lazy_outputs(jobs: dict, root):
+    """`get(name)` -> the legacy outputs of job `name`. The install and the subprocess run on the
+    first call (inside a test, so that their failure is that test's failure, never a skip); a
+    failure fails every later call too."""
+    import pytest
+
+    state: dict = {}
+
+    def get(name: str) -> dict:
+        if "error" in state:
+            pytest.fail(f"the legacy Flax reference is unavailable: {state['error']}")
+        if "outputs" not in state:
+            try:
+                run_reference(list(jobs.values()), root)
+                state["outputs"] = {n: load_outputs(j["out"]) for n, j in jobs.items()}
+            except Exception as e:
+                state["error"] = e
+                raise
+        return state["outputs"][name]
+
+    return get
+
 def run_reference(jobs: list[dict], work_dir: Path, timeout_s: int = 600) -> None:
     """Run the legacy Flax model of each job (see the module docstring: `checkpoint`, `out`,
     `model_class`, `inputs` of .npy paths, or the ViT's `pixels`) in one subprocess on the side

@@ -79,21 +79,7 @@ def legacy(cases):
     """A function returning the legacy outputs per config; the install and the subprocess run on
     the first call, inside a test, so that their failure is a test failure."""
     root, jobs = cases
-    state: dict = {}
-
-    def get(name: str) -> dict:
-        if "error" in state:
-            pytest.fail(f"the legacy Flax reference is unavailable: {state['error']}")
-        if "outputs" not in state:
-            try:
-                legacy_flax.run_reference(list(jobs.values()), root)
-                state["outputs"] = {n: legacy_flax.load_outputs(j["out"]) for n, j in jobs.items()}
-            except Exception as e:
-                state["error"] = e
-                raise
-        return state["outputs"][name]
-
-    return get
+    return legacy_flax.lazy_outputs(jobs, root)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

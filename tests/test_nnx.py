@@ -238,3 +238,21 @@ def test_bridge_adds_no_computation(reference):
     extra = _ops(nnx.jit(lambda m, x: m(x)).lower(model, images)) - linen_ops
     assert all(op.startswith(("sdy.", "stablehlo.mesh")) for op in extra), extra
     assert not linen_ops - _ops(nnx.jit(lambda m, x: m(x)).lower(model, images))
+
+
+def test_tree_mode_nnx_jit_returns_only_the_outputs(reference):
+    """`nnx.jit` in its default graph mode returns every Variable of the model as an output, so
+    an inference call writes a copy of all parameters (what the benchmarks' jimm_nnx+graph_mode
+    entry pays); tree mode (`graph=False`) outputs exactly what the Linen `jax.jit(apply)` does."""
+    directory, images, _ = reference
+    model = VisionTransformer.from_pretrained(directory, sharding=NoSharding())
+    linen, variables = model.linen_module, bridge.to_linen_variables(model)
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(variables))
+
+    def output_bytes(jitted, *args):
+        return jitted.lower(*args).compile().memory_analysis().output_size_in_bytes
+
+    linen_out = output_bytes(jax.jit(lambda v, x: linen.apply(v, x)), variables, images)
+    assert output_bytes(nnx.jit(lambda m, x: m(x), graph=False), model, images) == linen_out
+    assert output_bytes(nnx.jit(lambda m, x: m(x)), model, images) >= linen_out + param_bytes
+    assert_close(nnx.jit(lambda m, x: m(x), graph=False)(model, images), linen.apply(variables, images))

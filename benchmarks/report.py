@@ -18,6 +18,27 @@ def _mib(x) -> str:
     return "-" if not x else f"{x / 2**20:,.0f}"
 
 
+def _faults(row) -> str:
+    n = row.get("minor_faults_per_step")
+    return "-" if n is None else f"{n:,.0f}"
+
+
+def versions_line(rows: list[dict]) -> str:
+    """Versions shared by every contender, then each contender's own (torch and transformers 5
+    for the HF PyTorch runs, transformers 4.57.6 for legacy HF Flax, ...)."""
+    keys = sorted({k for r in rows for k, v in r["versions"].items() if v})
+    common = {k: r0v for k in keys
+              if (r0v := rows[0]["versions"].get(k)) and all(r["versions"].get(k) == r0v for r in rows)}
+    own = {}
+    for r in rows:
+        extra = {k: v for k, v in r["versions"].items() if v and k not in common}
+        if extra:
+            own.setdefault(", ".join(f"{k} {v}" for k, v in sorted(extra.items())), []).append(r["label"])
+    parts = [", ".join(f"{k} {v}" for k, v in common.items())] if common else []
+    parts += [f"{' / '.join(labels)}: {vs}" for vs, labels in own.items()]
+    return "; ".join(parts)
+
+
 def workload_table(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -27,14 +48,14 @@ def workload_table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["label"] == "hf_torch_eager"), None) or \
         next((r for r in rows if r["label"] == rows[0].get("reference")), rows[0])
     head = ("| contender | median step (ms) | min-max (ms) | images/s | vs " + base["label"] +
-            " | compile / first call (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
+            " | compile / first call (s) | XLA peak (MiB) | max RSS (MiB) | page faults / step | agreement (rel) |")
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in sorted(rows, key=lambda r: r["median_s"]):
         ag = r.get("agreement_rel_diff")
         lines.append(
             f"| {r['label']} | {r['median_s'] * 1e3:,.1f} | {r['min_s'] * 1e3:,.0f}-{r['max_s'] * 1e3:,.0f} | "
             f"{r['throughput']:.2f} | {base['median_s'] / r['median_s']:.2f}x | {r['compile_s']:.1f} | "
-            f"{_mib(r.get('xla_peak_bytes'))} | {_mib(r.get('max_rss_bytes'))} | "
+            f"{_mib(r.get('xla_peak_bytes'))} | {_mib(r.get('max_rss_bytes'))} | {_faults(r)} | "
             f"{'-' if ag is None else f'{ag:.1e}'} |")
     assert len(labels) == len(set(labels)), labels
     return "\n".join(lines)
@@ -73,12 +94,12 @@ def render(results: Path) -> str:
     parts = []
     for name, rows in latest_runs(results).items():
         r0 = rows[0]
-        versions = {k: v for r in rows for k, v in r["versions"].items() if v}
+        timing = ("one AOT compile per entry" if r0["task"] == "compile" else
+                  f"{r0['rounds']} round(s) x {r0['steps']} timed steps after {r0['warmup']} warm-up")
         parts.append(
-            f"**{TITLES.get(name, name)}** - batch {r0['batch']}, {r0['dtype']}, {r0['rounds']} round(s) x "
-            f"{r0['steps']} timed steps after {r0['warmup']} warm-up, {r0['cpu_count']} cores, load avg "
-            f"{r0['loadavg_before'][0]:.1f} -> {r0['loadavg_after'][0]:.1f}, {r0['date']} "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(versions.items()))}):\n\n" + workload_table(rows))
+            f"**{TITLES.get(name, name)}** - batch {r0['batch']}, {r0['dtype']}, {timing}, {r0['cpu_count']} cores, "
+            f"load avg {r0['loadavg_before'][0]:.1f} -> {r0['loadavg_after'][0]:.1f}, {r0['date']} "
+            f"({versions_line(rows)}):\n\n" + workload_table(rows))
     return "\n\n".join(parts)
 
 

@@ -84,6 +84,7 @@ def _run_worker(spec: dict, tmp: Path, timeout: int) -> dict:
     spec_file = tmp / f"spec-{uuid.uuid4().hex[:8]}.json"
     spec_file.write_text(json.dumps(spec))
     env = side_envs.side_env(_side_folder(spec["contender"]))
+    env.update(spec.get("env", {}))  # an entry's process-wide settings, e.g. GLIBC_TUNABLES
     proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(spec_file)], capture_output=True,
                           text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -162,7 +163,8 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
                        round_medians_s=[x["median_s"] for x in rs], throughput=w.batch / med,
                        throughput_unit="images/s", model_flops=flops, achieved_flops_per_s=flops / med,
                        xla_flops=rs[0].get("xla_flops"), agreement_rel_diff=agreement.get(e.name),
-                       load_s=statistics.median(x["load_s"] for x in rs))
+                       load_s=statistics.median(x["load_s"] for x in rs),
+                       minor_faults_per_step=statistics.median(x.get("minor_faults_per_step", 0) for x in rs))
             kind = rs[0].get("device_kind")
             if kind and peak_flops(kind):
                 row.update(device_kind=kind, mfu=flops / med / peak_flops(kind))

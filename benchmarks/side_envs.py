@@ -15,9 +15,7 @@ the side folder shadows the main venv for the packages it holds.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -43,44 +41,9 @@ def jimm_lib_dir() -> Path:
     return Path(os.environ.get("JIMM_LIB_DIR", default))
 
 
-def _resolve(requirement: str, tmp: Path) -> list[str]:
-    """`name==version` of what installing `requirement` into the main env would add or replace."""
-    report = tmp / "pip-report.json"
-    legacy_flax._run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
-                      "--report", str(report), requirement], f"resolving {requirement}")
-    pins = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in json.loads(report.read_text())["install"]]
-    report.unlink()
-    name = requirement.split("==")[0].lower()
-    if not any(p.lower().startswith(name + "==") for p in pins):
-        raise legacy_flax.LegacyFlaxInstallError(f"pip's resolution does not include {requirement}: {pins}")
-    return sorted(pins)
-
-
 def ensure_jimm_lib() -> Path:
     """The folder holding the `jimm` NNX library; installs it (once, under a lock) if needed."""
-    target = jimm_lib_dir()
-    if (target / legacy_flax.STAMP).exists():
-        return target
-    with legacy_flax._file_lock(target.with_name(target.name + ".lock")):
-        if (target / legacy_flax.STAMP).exists():
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            pins = _resolve(JIMM_LIB_REQUIREMENT, tmp)
-            legacy_flax._run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              "--no-deps", "--target", str(tmp), *pins], f"installing {pins} beside the main env")
-            legacy_flax._run([sys.executable, "-c", _JIMM_CHECK, str(tmp)], "importing the side-installed jimm",
-                             env=side_env(tmp), cwd=tmp)
-            (tmp / legacy_flax.STAMP).write_text(json.dumps({"requirement": JIMM_LIB_REQUIREMENT, "packages": pins,
-                                                             "python": sys.version}, indent=2))
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return legacy_flax.side_install(jimm_lib_dir(), JIMM_LIB_REQUIREMENT, _JIMM_CHECK, side_env)
 
 
 def side_env(folder: Path | None) -> dict[str, str]:

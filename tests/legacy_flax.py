@@ -99,17 +99,48 @@ def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
-def resolve_side_packages(tmp: Path) -> list[str]:
-    """`name==version` of every package that installing REQUIREMENT into the main env would add
-    or replace: the minimal set to put beside it."""
+def resolve_side_packages(tmp: Path, requirement: str = REQUIREMENT) -> list[str]:
+    """`name==version` of every package that installing `requirement` into the main env would
+    add or replace: the minimal set to put beside it."""
     report = tmp / "pip-report.json"
     _run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
-          "--report", str(report), REQUIREMENT], "resolving the legacy transformers' dependencies")
+          "--report", str(report), requirement], f"resolving {requirement}'s dependencies")
     items = json.loads(report.read_text())["install"]
+    report.unlink()
     pins = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items]
-    if not any(p.lower().startswith("transformers==") for p in pins):
-        raise LegacyFlaxInstallError(f"pip's resolution does not include {REQUIREMENT}: {pins}")
+    name = requirement.split("==")[0].lower()
+    if not any(p.lower().startswith(name + "==") for p in pins):
+        raise LegacyFlaxInstallError(f"pip's resolution does not include {requirement}: {pins}")
     return sorted(pins)
+
+
+def side_install(target: Path, requirement: str, check: str, env) -> Path:
+    """Install what `requirement` adds to the main env into `target` (`--no-deps --target`),
+    once, under a file lock: resolve, install into a temporary folder, run `check` (Python code
+    getting the folder as argv[1]) with `env(folder)`, stamp, rename into place."""
+    if (target / STAMP).exists():
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if (target / STAMP).exists():  # another process installed it while we waited
+            return target
+        if target.exists():  # no stamp: a crashed install; start over
+            shutil.rmtree(target)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            pins = resolve_side_packages(tmp, requirement)
+            _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                  "--no-deps", "--target", str(tmp), *pins], f"installing {pins} beside the main env")
+            _run([sys.executable, "-c", check, str(tmp)], f"importing the side-installed {requirement}",
+                 env=env(tmp), cwd=tmp)
+            (tmp / STAMP).write_text(json.dumps({"requirement": requirement, "packages": pins,
+                                                 "python": sys.version}, indent=2))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
 
 
 def _legacy_env(target: Path) -> dict[str, str]:
@@ -130,31 +161,7 @@ _CHECK = (
 
 def ensure_installed() -> Path:
     """The folder holding the legacy transformers; installs it (once, under a lock) if needed."""
-    target = install_dir()
-    if (target / STAMP).exists():
-        return target
-    with _file_lock(target.with_name(target.name + ".lock")):
-        if (target / STAMP).exists():  # another process installed it while we waited
-            return target
-        if target.exists():  # no stamp: a crashed install; start over
-            shutil.rmtree(target)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            pins = resolve_side_packages(tmp)
-            _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                  "--no-deps", "--target", str(tmp), *pins], f"installing {pins} beside the main env")
-            (tmp / "pip-report.json").unlink(missing_ok=True)
-            _run([sys.executable, "-c", _CHECK, str(tmp)], "importing the side-installed transformers",
-                 env=_legacy_env(tmp), cwd=tmp)
-            (tmp / STAMP).write_text(json.dumps({"requirement": REQUIREMENT, "packages": pins,
-                                                 "python": sys.version}, indent=2))
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+    return side_install(install_dir(), REQUIREMENT, _CHECK, _legacy_env)
 
 
 DEFAULT_MODEL_CLASS = "FlaxViTForImageClassification"

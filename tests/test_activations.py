@@ -1,5 +1,7 @@
 """Each `hidden_act` name means what it means in HF Transformers (exact vs tanh GELU, quick_gelu)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -29,22 +31,23 @@ def test_unknown_activation_is_named():
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_gradient_matches_transformers(name):
-    import jax
-
     x = torch.from_numpy(X).requires_grad_()
     ACT2FN[name](x).sum().backward()
     ours = jax.grad(lambda v: get_activation(name)(v).sum())(X)
     assert_close(np.asarray(ours), x.grad.numpy(), what=f"{name} gradient")
 
 
-def test_exact_gelu_keeps_one_tensor_for_the_backward_pass():
-    """`gelu_exact` states its derivative, so an MLP's gradient keeps fewer temporaries than
-    differentiating `jax.nn.gelu(approximate=False)` through erfc; same values."""
-    import jax
-    import jax.numpy as jnp
+TRACED = {  # the same functions left to autodiff
+    "gelu": lambda v: jax.nn.gelu(v, approximate=False),
+    "gelu_pytorch_tanh": lambda v: jax.nn.gelu(v, approximate=True),
+    "quick_gelu": lambda v: v * jax.nn.sigmoid(1.702 * v),
+}
 
-    from jimm_linen.activations import gelu_exact
 
+@pytest.mark.parametrize("name", sorted(TRACED))
+def test_stated_derivative_keeps_fewer_temporaries(name):
+    """With the derivative written out, an MLP stack's gradient keeps fewer temporaries than
+    autodiff through erfc / tanh / sigmoid; same values."""
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(4, 64, 32), jnp.float32)
     w0, w1 = jnp.asarray(rng.randn(32, 256) * 0.1, jnp.float32), jnp.asarray(rng.randn(256, 32) * 0.1, jnp.float32)
@@ -55,8 +58,8 @@ def test_exact_gelu_keeps_one_tensor_for_the_backward_pass():
             return (y * y).sum()
         return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
-    ours, theirs = grad_fn(gelu_exact), grad_fn(lambda v: jax.nn.gelu(v, approximate=False))
-    for a, b in zip(ours(w0, w1, x), theirs(w0, w1, x)):
-        assert_close(np.asarray(a), np.asarray(b), what="MLP stack gradient")
-    temp = [f.lower(w0, w1, x).compile().memory_analysis().temp_size_in_bytes for f in (ours, theirs)]
-    assert temp[0] < 0.8 * temp[1], temp
+    ours, traced = grad_fn(get_activation(name)), grad_fn(TRACED[name])
+    for a, b in zip(ours(w0, w1, x), traced(w0, w1, x)):
+        assert_close(np.asarray(a), np.asarray(b), what=f"{name} MLP stack gradient")
+    temp = [f.lower(w0, w1, x).compile().memory_analysis().temp_size_in_bytes for f in (ours, traced)]
+    assert temp[0] < 0.8 * temp[1], temp  # 37-57% fewer bytes measured on XLA:CPU

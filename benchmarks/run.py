@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.workloads import AGREE_RTOL, SIDE_INSTALLED, Workload, cpu_suite, gpu_suite, peak_flops, vit_flops
+from benchmarks.workloads import AGREE_RTOL, SIDE_INSTALLED, Workload, cpu_suite, gpu_suite, peak_flops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "results.jsonl"
@@ -97,8 +97,16 @@ def _run_worker(spec: dict, tmp: Path, timeout: int) -> dict:
 def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
     import numpy as np
 
-    from jimm_linen.parity import build_vit_reference, random_images
+    from jimm_linen.parity import build_reference, build_vit_reference, random_images, random_text
 
+    if w.model == "clip":  # a CLIPModel, NCHW images and (input_ids, attention_mask) for as many texts
+        model = build_reference("clip", dict(w.hf_config), directory / "ckpt", seed=seed)
+        v, t = model.config.vision_config, model.config.text_config
+        np.save(directory / "images.npy", random_images(w.batch, v.image_size, v.num_channels, seed=seed))
+        ids, mask = random_text(w.batch, t.max_position_embeddings, t.vocab_size, t.eos_token_id, t.pad_token_id,
+                                seed=seed + 2)
+        np.savez(directory / "text.npz", input_ids=ids, attention_mask=mask)
+        return
     build_vit_reference(dict(w.hf_config), directory / "ckpt", seed=seed)
     cfg = w.hf_config
     np.save(directory / "images.npy", random_images(w.batch, cfg["image_size"], cfg.get("num_channels", 3), seed=seed))
@@ -116,6 +124,8 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
     base = dict(workload=w.name, task=w.task, batch=w.batch, dtype=w.dtype, warmup=args.warmup, steps=steps,
                 checkpoint=str(tmp / "ckpt"), images=str(tmp / "images.npy"), labels=str(tmp / "labels.npy"),
                 hf_config=w.hf_config)
+    if w.model != "vit":
+        base.update(model=w.model, text=str(tmp / "text.npz"))
     load_before = os.getloadavg()
     per_entry: dict[str, list[dict]] = {e.name: [] for e in entries}
     agreement: dict[str, float] = {}
@@ -141,7 +151,7 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
                   f"{max(agreement.values()):.1e} <= {AGREE_RTOL[w.dtype]:g})", flush=True)
     load_after = os.getloadavg()
     meta = dict(run_id=run_id, date=time.strftime("%Y-%m-%d %H:%M:%S"), suite=args.suite, quick=args.quick,
-                workload=w.name, task=w.task, batch=w.batch, dtype=w.dtype, hf_config=w.hf_config,
+                workload=w.name, task=w.task, model=w.model, batch=w.batch, dtype=w.dtype, hf_config=w.hf_config,
                 rounds=rounds, warmup=args.warmup, steps=steps, machine=platform.machine(),
                 cpu_count=len(os.sched_getaffinity(0)), loadavg_before=load_before[:2], loadavg_after=load_after[:2],
                 reference=w.reference, note=w.note)
@@ -158,7 +168,7 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
         else:
             times = [t for x in rs for t in x["times_s"]]
             med = statistics.median(times)
-            flops = vit_flops(w.hf_config, w.batch, train=w.task == "train")
+            flops = w.flops()
             row.update(median_s=med, min_s=min(times), max_s=max(times),
                        round_medians_s=[x["median_s"] for x in rs], throughput=w.batch / med,
                        throughput_unit="images/s", model_flops=flops, achieved_flops_per_s=flops / med,

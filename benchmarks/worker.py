@@ -392,6 +392,179 @@ CONTENDERS = {
 }
 
 
+# --- CLIP image-text workloads (spec["model"] == "clip") ------------------------------------------
+# A CLIPModel checkpoint, NCHW images (`spec["images"]`) and as many texts (`spec["text"]`: an
+# .npz of int64 `input_ids` and `attention_mask`); inference only. Each builder reuses the ViT
+# benches' machinery with the model's inputs as one tuple and hands back `logits_per_image`.
+
+CLIP_OUTPUT = "logits_per_image"
+
+
+def _clip_inputs(spec, layout: str):
+    """`(images, input_ids, attention_mask)` as numpy arrays, images in `layout`."""
+    import numpy as np
+
+    if spec["task"] != "infer":
+        raise ValueError(f"CLIP workloads are inference only, not {spec['task']!r}")
+    images = np.load(spec["images"])  # NCHW float32, as HF takes them
+    if layout == "nhwc":
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    text = np.load(spec["text"])
+    return images, text["input_ids"], text["attention_mask"]
+
+
+def _clip_output(bench: Bench) -> Bench:
+    """The ViT benches record their output as `logits`; here it is `logits_per_image`."""
+    check = bench.check
+    bench.check = lambda: {CLIP_OUTPUT: check()["logits"]}
+    return bench
+
+
+def _nnx_graph_kwargs(spec, default: bool) -> dict:
+    """`graph=` for `_nnx_bench` (nnx.jit's graph / tree mode), if it takes it."""
+    import inspect
+
+    return {"graph": spec.get("graph", default)} if "graph" in inspect.signature(_nnx_bench).parameters else {}
+
+
+def jimm_linen_clip_bench(spec) -> Bench:
+    import jax.numpy as jnp
+
+    import jimm_linen
+
+    images, ids, mask = _clip_inputs(spec, "nhwc")
+    dtype = _jax_dtype(spec)
+    model, variables = jimm_linen.from_pretrained(spec["checkpoint"], attention_fn=_attention(spec), dtype=dtype,
+                                                  scan=spec.get("scan", True))
+    x = (jnp.asarray(images, dtype), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+
+    def fwd(p, x):
+        return model.apply({"params": p}, *x).logits_per_image
+
+    return _clip_output(_jax_apply_bench(spec, fwd, variables["params"], x, None,
+                                         _versions("jax", "jaxlib", "flax", "optax")))
+
+
+def jimm_nnx_clip_bench(spec) -> Bench:
+    import jax.numpy as jnp
+
+    import jimm_nnx
+
+    images, ids, mask = _clip_inputs(spec, "nhwc")
+    dtype = _jax_dtype(spec)
+    model = jimm_nnx.CLIP.from_pretrained(spec["checkpoint"], sharding=jimm_nnx.NoSharding(),
+                                          attention_fn=_attention(spec), dtype=dtype, scan=spec.get("scan", True))
+    x = (jnp.asarray(images, dtype), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+    return _clip_output(_nnx_bench(spec, model, x, None, _versions("jax", "jaxlib", "flax", "optax"),
+                                   call=lambda m, x: m(*x).logits_per_image, **_nnx_graph_kwargs(spec, False)))
+
+
+def jimm_lib_clip_bench(spec) -> Bench:
+    """`jimm.CLIP` (side-installed PyPI jax-image-models) under a 1-device ("fsdp",) mesh, as
+    `jimm_lib_bench`. Its `__call__(image, text)` returns logits_per_image; it takes no
+    attention_mask (its text tower is causal and pools at the largest token id, the EOS).
+
+    Like `model.eval()` in `jimm_lib_bench`, one setting is brought back to the checkpoint's:
+    jimm 0.4.0 builds the text tower's per-layer LayerNorms with its `Transformer` default eps
+    1e-6 (it passes 1e-5 only to the vision tower and `ln_final`), where the checkpoint says
+    `text_config.layer_norm_eps` (1e-5). With random-init weights (activations ~0.02) that alone
+    moves logits_per_image by ~5e-3 relative; with it set they agree to ~5e-7. A scalar
+    constant: the compiled work is the same."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import jimm
+
+    images, ids, _ = _clip_inputs(spec, "nhwc")
+    dtype = _jax_dtype(spec)
+    mesh = jax.make_mesh((1,), ("fsdp",), devices=jax.devices()[:1])
+    jax.set_mesh(mesh)  # global: every later trace sees it
+    model = jimm.CLIP.from_pretrained(spec["checkpoint"], dtype=dtype, param_dtype=jnp.float32)
+    model.eval()
+    text_eps = json.loads((Path(spec["checkpoint"]) / "config.json").read_text())["text_config"].get(
+        "layer_norm_eps", 1e-5)
+    for _, m in nnx.iter_graph(model.text_model):
+        if isinstance(m, nnx.LayerNorm):
+            m.epsilon = text_eps
+    # On the mesh explicitly: `jnp.asarray` of a float32 numpy array leaves it off the mesh (an
+    # empty abstract mesh), and CLIP's patch embedding has no bias that would bring the mesh in,
+    # so the class token's `reshard_like(cls, patches)` fails.
+    on_mesh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    x = jax.device_put((jnp.asarray(images, dtype), jnp.asarray(ids, jnp.int32)), on_mesh)
+    versions = {**_versions("jax", "jaxlib", "flax", "optax"), "jax-image-models": jimm.__version__}
+    return _clip_output(_nnx_bench(spec, model, x, None, versions, call=lambda m, x: m(*x)))
+
+
+def legacy_hf_flax_clip_bench(spec) -> Bench:
+    """`transformers==4.57.6` FlaxCLIPModel (side-installed), `from_pt=True` from the same
+    safetensors file; `jax.jit` of a function of its params."""
+    import jax.numpy as jnp
+    import transformers
+    from transformers import FlaxCLIPModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    images, ids, mask = _clip_inputs(spec, "nchw")  # HF Flax CLIP takes NCHW and transposes inside
+    dtype = _jax_dtype(spec)
+    model = FlaxCLIPModel.from_pretrained(spec["checkpoint"], from_pt=True, dtype=dtype)
+    x = (jnp.asarray(images, dtype), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+
+    def fwd(p, x):
+        images, ids, mask = x
+        return model(input_ids=ids, pixel_values=images, attention_mask=mask, params=p, train=False).logits_per_image
+
+    return _clip_output(_jax_apply_bench(spec, fwd, model.params, x, None,
+                                         {**_versions("jax", "jaxlib", "flax", "optax"),
+                                          "transformers": transformers.__version__}))
+
+
+def _torch_clip_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
+    import torch
+    import transformers
+    from transformers import CLIPModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    images, ids, mask = _clip_inputs(spec, "nchw")
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
+    device = spec.get("device", "cpu")
+    kw = {"attn_implementation": attn} if attn else {}
+    model = CLIPModel.from_pretrained(spec["checkpoint"], dtype=tdtype, **kw).to(device).eval()
+    inputs = dict(pixel_values=torch.from_numpy(images).to(device, tdtype),
+                  input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    fwd = torch.compile(model) if compiled else model
+
+    def step():
+        with torch.inference_mode():
+            fwd(**inputs).logits_per_image
+        sync()
+
+    def check():
+        with torch.inference_mode():
+            return {CLIP_OUTPUT: fwd(**inputs).logits_per_image.float().cpu().numpy()}
+
+    def compile_():  # eager: the first call (allocator, caches); compile: tracing + inductor
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
+
+    return Bench(compile_, step, check, _versions("torch", "transformers") | {"transformers": transformers.__version__})
+
+
+CLIP_CONTENDERS = {
+    "jimm_linen": jimm_linen_clip_bench,
+    "jimm_nnx": jimm_nnx_clip_bench,
+    "hf_torch_eager": lambda spec: _torch_clip_bench(spec, compiled=False),
+    "hf_torch_compile": lambda spec: _torch_clip_bench(spec, compiled=True),
+    "hf_torch_sdpa_compile": lambda spec: _torch_clip_bench(spec, compiled=True, attn="sdpa"),
+    "legacy_hf_flax": legacy_hf_flax_clip_bench,
+    "jimm_lib": jimm_lib_clip_bench,
+}
+
+
 def compile_only(spec) -> dict:
     """AOT compile time of jimm_linen's forward or training step from abstract parameters (no
     checkpoint: weights do not change what XLA compiles)."""
@@ -432,7 +605,8 @@ def run(spec: dict) -> dict:
     if spec["task"] == "compile":
         return compile_only(spec)
     t0 = time.perf_counter()
-    bench = CONTENDERS[spec["contender"]](spec)
+    builders = CLIP_CONTENDERS if spec.get("model") == "clip" else CONTENDERS
+    bench = builders[spec["contender"]](spec)
     load_s = time.perf_counter() - t0
     compile_s = bench.compile()
     if hasattr(bench, "_holder"):

@@ -18,6 +18,25 @@ VIT_L16 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, i
                image_size=224, patch_size=16, num_labels=1000)
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             image_size=32, patch_size=8, num_labels=10)
+# CLIPModel configs (HF `CLIPConfig` kwargs). CLIP_B32 spells out transformers' CLIPConfig
+# defaults (= jimm_linen.parity.CLIP_B32 = openai/clip-vit-base-patch32's sizes) so that the
+# FLOP count and the recorded config can read them.
+CLIP_B32 = dict(
+    projection_dim=512,
+    text_config=dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                     num_attention_heads=8, max_position_embeddings=77),
+    vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       image_size=224, patch_size=32))
+# Tiny, but in the shapes the `jimm` library's CLIP can hold (it fixes vision heads at width / 64,
+# MLPs at 4 x width and the projection at the text width), and with the EOS as the largest id (as
+# in CLIP's real vocabulary), where jimm.CLIP pools.
+TINY_CLIP = dict(
+    projection_dim=64,
+    text_config=dict(vocab_size=99, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=2, max_position_embeddings=12, pad_token_id=1, bos_token_id=97,
+                     eos_token_id=98),
+    vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=8))
 
 CPU_CONTENDERS = ("hf_torch_eager", "hf_torch_compile", "jimm_linen", "jimm_nnx", "legacy_hf_flax", "jimm_lib")
 SIDE_INSTALLED = ("legacy_hf_flax", "jimm_lib")
@@ -50,6 +69,13 @@ class Workload:
     steps: int | None = None
     status: str = "ready"  # anything else: listed, not run
     note: str = ""
+    model: str = "vit"  # "vit": ViTForImageClassification; "clip": CLIPModel (images + texts in, logits_per_image out)
+
+    def flops(self) -> float:
+        """Model FLOPs of one step of this workload (`vit_flops` / `clip_flops`)."""
+        if self.model == "clip":
+            return clip_flops(self.hf_config, self.batch)
+        return vit_flops(self.hf_config, self.batch, train=self.task == "train")
 
 
 def _entries(names) -> tuple[Entry, ...]:
@@ -86,10 +112,13 @@ def cpu_suite(quick: bool = False) -> list[Workload]:
         Workload("vit_b16_infer", "infer", cfg, batch, "float32", _entries(contenders) + variants("infer", quick)),
         Workload("vit_b16_train", "train", cfg, batch, "float32", _entries(contenders) + variants("train", quick)),
         Workload(
-            "clip_b32_image_text", "infer", {}, 8, "float32", (), status="pending",
-            note="CLIP ViT-B/32 image+text forward: waits for jimm_linen's CLIP (being built); the slot "
-                 "takes hf_torch_eager/compile CLIPModel, jimm_linen CLIP apply, jimm_nnx CLIP, "
-                 "legacy FlaxCLIPModel and jimm.CLIP on one saved CLIPModel checkpoint."),
+            "clip_b32_image_text", "infer", TINY_CLIP if quick else CLIP_B32, batch, "float32",
+            _entries(contenders), model="clip",
+            note="CLIPModel forward on `batch` images and `batch` texts (full-length token rows, random "
+                 "EOS positions, padding masked), compared on logits_per_image; throughput counts "
+                 "image+text pairs. jimm_lib is jimm.CLIP (no attention_mask input: its causal text "
+                 "tower pools at the largest id, which is the EOS here, so padding cannot reach it; "
+                 "its text-layer LayerNorm eps, 1e-6 in jimm 0.4.0, is set to the checkpoint's 1e-5)."),
         Workload(
             "compile_vs_depth", "compile", depth_cfg, batch, "float32",
             tuple(Entry("jimm_linen", f"{task}-{'scan' if scan else 'loop'}-{d}L",
@@ -141,6 +170,34 @@ def vit_flops(cfg: dict[str, Any], batch: int, train: bool) -> float:
     p = cfg["patch_size"] ** 2 * cfg.get("num_channels", 3)
     fwd = 2 * t * layers * (4 * d * d + 2 * d * m) + 4 * layers * t * t * d + 2 * n * p * d + 2 * d * cfg.get("num_labels", 0)
     return float(batch * fwd * (3 if train else 1))
+
+
+def _encoder_flops(tokens: int, d: int, m: int, layers: int) -> float:
+    """Forward FLOPs of `layers` transformer layers over `tokens` tokens (matmuls only)."""
+    return 2 * tokens * layers * (4 * d * d + 2 * d * m) + 4 * layers * tokens * tokens * d
+
+
+def clip_flops(cfg: dict[str, Any], batch: int) -> float:
+    """Model FLOPs of a CLIPModel forward on `batch` images and `batch` texts, counted like
+    `vit_flops` (matmuls only, multiply-add = 2 FLOPs):
+
+        vision per image = 2*T*L*(4*d^2 + 2*d*m) + 4*L*T^2*d   (T = (image/patch)^2 + 1 tokens)
+                         + 2*(T-1)*P*d + 2*d*proj              (patch embedding, visual projection)
+        text per text    = 2*S*L*(4*d^2 + 2*d*m) + 4*L*S^2*d   (S = max_position_embeddings: every
+                         + 2*d*proj                             row is full length; causal and padding
+                                                                masks do not skip work), text projection
+        logits           = 2*batch^2*proj                       (image embeds x text embeds^T)
+
+    The token embedding lookup, norms, softmax, activations and the L2 normalisation are not counted.
+    """
+    v, t, proj = cfg["vision_config"], cfg["text_config"], cfg["projection_dim"]
+    n = (v["image_size"] // v["patch_size"]) ** 2
+    p = v["patch_size"] ** 2 * v.get("num_channels", 3)
+    vision = (_encoder_flops(n + 1, v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"])
+              + 2 * n * p * v["hidden_size"] + 2 * v["hidden_size"] * proj)
+    text = (_encoder_flops(t["max_position_embeddings"], t["hidden_size"], t["intermediate_size"],
+                           t["num_hidden_layers"]) + 2 * t["hidden_size"] * proj)
+    return float(batch * (vision + text) + 2 * batch * batch * proj)
 
 
 # Dense bf16 peak FLOP/s by device kind (vendor datasheets, no sparsity).

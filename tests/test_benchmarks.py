@@ -1,5 +1,6 @@
 """The benchmark harness end to end on a tiny config (no side installs), its agreement check,
-the README block it regenerates, the MFU FLOP formula, and the GPU suite's logic on CPU."""
+the README block it regenerates, the MFU FLOP formulas, the CLIP image-text workload, and the
+GPU suite's logic on CPU."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from benchmarks import report, run, workloads
 REPO = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {"contender", "label", "versions", "workload", "batch", "dtype", "median_s", "min_s", "max_s",
               "throughput", "xla_peak_bytes", "max_rss_bytes", "compile_s", "round_medians_s", "steps",
-              "rounds", "loadavg_before", "loadavg_after", "agreement_rel_diff", "model_flops"}
+              "rounds", "loadavg_before", "loadavg_after", "agreement_rel_diff", "model_flops",
+              "minor_faults_per_step"}
 
 
 def _harness(*args, cwd=REPO):
@@ -32,8 +34,9 @@ def test_quick_suite_records_every_field_and_regenerates_the_readme(tmp_path):
     proc = _harness("--workloads", "vit_b16_infer,vit_b16_train", "--results", str(results), "--readme", str(readme))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert sorted((r["workload"], r["contender"]) for r in rows) == sorted(
-        (w, c) for w in ("vit_b16_infer", "vit_b16_train") for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx"))
+    assert sorted((r["workload"], r["label"]) for r in rows) == sorted(
+        (w, c) for w in ("vit_b16_infer", "vit_b16_train")
+        for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx", "jimm_nnx+graph_mode"))
     for r in rows:
         assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
@@ -47,7 +50,7 @@ def test_quick_suite_records_every_field_and_regenerates_the_readme(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and "kept\n" in text and "## Tests\nkept too" in text
     block = text.split(report.BEGIN)[1].split(report.END)[0]
-    for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx"):
+    for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx", "jimm_nnx+graph_mode"):
         assert block.count(f"| {c} |") == 2  # one row per workload
     assert "ViT-B/16 training step" in block
 
@@ -94,6 +97,51 @@ def test_vit_flop_formula_matches_xla_cost_analysis():
     assert ours <= xla["flops"] <= 1.08 * ours
     assert workloads.vit_flops(cfg, 2, train=True) == 3 * ours
     assert workloads.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and workloads.peak_flops("cpu") is None
+
+
+def test_quick_clip_workload_agrees_on_logits_per_image(tmp_path):
+    results = tmp_path / "c.jsonl"
+    proc = _harness("--workloads", "clip_b32_image_text", "--results", str(results), "--no-readme")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "outputs agree with hf_torch_eager" in proc.stdout
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["contender"] for r in rows) == ["hf_torch_eager", "jimm_linen", "jimm_nnx"]
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert r["model"] == "clip" and r["hf_config"] == workloads.TINY_CLIP and r["throughput_unit"] == "images/s"
+        assert r["throughput"] > 0 and r["throughput"] == pytest.approx(r["batch"] / r["median_s"])
+        assert r["agreement_rel_diff"] <= workloads.AGREE_RTOL["float32"]
+        assert r["model_flops"] == workloads.clip_flops(workloads.TINY_CLIP, r["batch"])
+        if r["contender"].startswith("jimm"):
+            assert r["xla_peak_bytes"] > 0
+
+
+def test_clip_flop_formula_matches_xla_cost_analysis():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import transformers
+
+    import jimm_linen
+
+    cfg = workloads.CLIP_B32
+    hf = transformers.CLIPConfig(**cfg).to_dict()
+    assert hf == transformers.CLIPConfig().to_dict()  # the real openai/clip-vit-base-patch32 sizes
+    model = jimm_linen.CLIP(jimm_linen.CLIPConfig.from_hf_config(hf), scan=False)  # see the ViT test
+    t, v = cfg["text_config"], cfg["vision_config"]
+    x = jax.ShapeDtypeStruct((2, v["image_size"], v["image_size"], 3), jnp.float32)
+    ids = jax.ShapeDtypeStruct((2, t["max_position_embeddings"]), jnp.int32)
+    params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(x.shape),
+                                                        jnp.zeros(ids.shape, jnp.int32)))["params"])
+    fwd = jax.jit(lambda p, x, i: model.apply({"params": p}, x, i, jnp.ones(i.shape, jnp.int32)).logits_per_image)
+    xla = fwd.lower(params, x, ids).compile().cost_analysis()
+    xla = xla[0] if isinstance(xla, (list, tuple)) else xla
+    ours = workloads.clip_flops(cfg, 2)
+    assert ours <= xla["flops"] <= 1.08 * ours
+    clip = next(w for w in workloads.cpu_suite() if w.name == "clip_b32_image_text")
+    vit = next(w for w in workloads.cpu_suite() if w.name == "vit_b16_train")
+    assert clip.flops() == workloads.clip_flops(cfg, clip.batch)
+    assert vit.flops() == workloads.vit_flops(vit.hf_config, vit.batch, train=True)
 
 
 def test_gpu_suite_covers_every_backend_and_runs_its_logic_on_cpu(tmp_path):

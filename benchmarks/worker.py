@@ -197,11 +197,7 @@ def jimm_linen_bench(spec) -> Bench:
 
 
 def jimm_nnx_bench(spec) -> Bench:
-    import jax
     import jax.numpy as jnp
-    import numpy as np
-    import optax
-    from flax import nnx
 
     import jimm_nnx
 
@@ -278,20 +274,30 @@ def _nnx_bench(spec, model, x, y, versions, call=lambda m, x: m(x), graph: bool 
     return bench
 
 
+def _jimm_lib_model(cls, spec, dtype):
+    """`cls.from_pretrained` of the `jimm` library under a 1-device ("fsdp",) mesh (it shards
+    its parameters over that axis), in eval mode: its dropout_rate defaults to 0.1 where HF's
+    checkpoint says 0.0. Returns the model and the mesh."""
+    import jax
+    import jax.numpy as jnp
+
+    mesh = jax.make_mesh((1,), ("fsdp",), devices=jax.devices()[:1])
+    jax.set_mesh(mesh)  # global: every later trace sees it
+    model = cls.from_pretrained(spec["checkpoint"], dtype=dtype, param_dtype=jnp.float32)
+    model.eval()
+    return model, mesh
+
+
 def jimm_lib_bench(spec) -> Bench:
     """The `jimm` NNX library (PyPI jax-image-models), side-installed. It shards its parameters
     over a mesh axis named `fsdp`, so it runs under a 1-device ("fsdp",) mesh."""
-    import jax
     import jax.numpy as jnp
 
     import jimm
 
     images, labels = _load_inputs(spec, "nhwc")
     dtype = _jax_dtype(spec)
-    mesh = jax.make_mesh((1,), ("fsdp",), devices=jax.devices()[:1])
-    jax.set_mesh(mesh)  # global: every later trace sees it
-    model = jimm.VisionTransformer.from_pretrained(spec["checkpoint"], dtype=dtype, param_dtype=jnp.float32)
-    model.eval()  # its dropout_rate defaults to 0.1; HF's checkpoint says 0.0
+    model, _ = _jimm_lib_model(jimm.VisionTransformer, spec, dtype)
     return _nnx_bench(spec, model, jnp.asarray(images, dtype), jnp.asarray(labels),
                       {**_versions("jax", "jaxlib", "flax", "optax"), "jax-image-models": jimm.__version__})
 
@@ -316,6 +322,27 @@ def legacy_hf_flax_bench(spec) -> Bench:
                             {**_versions("jax", "jaxlib", "flax", "optax"), "transformers": transformers.__version__})
 
 
+def _torch_setup(spec, attn: str | None):
+    """`(dtype, device, from_pretrained kwargs, sync)` of a torch contender."""
+    import torch
+
+    device = spec.get("device", "cpu")
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    kw = {"attn_implementation": attn} if attn else {}
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]], device, kw, sync
+
+
+def _first_call_timer(step):
+    """A torch contender's `compile`: the first call (eager: allocator and caches;
+    torch.compile: tracing + inductor)."""
+    def compile_():
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
+
+    return compile_
+
+
 def _torch_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
     import numpy as np
     import torch
@@ -327,13 +354,10 @@ def _torch_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     images, labels = _load_inputs(spec, "nchw")
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
-    device = spec.get("device", "cpu")
-    kw = {"attn_implementation": attn} if attn else {}
+    tdtype, device, kw, sync = _torch_setup(spec, attn)
     model = AutoModelForImageClassification.from_pretrained(spec["checkpoint"], dtype=tdtype, **kw).to(device)
     x = torch.from_numpy(images).to(device, tdtype)
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
-    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     versions = _versions("torch", "transformers")
     state = {}
     if spec["task"] == "infer":
@@ -373,12 +397,7 @@ def _torch_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
         def check():
             return {**state["check"], "first_step_loss": state["first_loss"]}
 
-    def compile_():  # eager: the first call (allocator, caches); compile: tracing + inductor
-        t0 = time.perf_counter()
-        step()
-        return time.perf_counter() - t0
-
-    return Bench(compile_, step, check, {**versions, "transformers": transformers.__version__})
+    return Bench(_first_call_timer(step), step, check, {**versions, "transformers": transformers.__version__})
 
 
 CONTENDERS = {
@@ -420,13 +439,6 @@ def _clip_output(bench: Bench) -> Bench:
     return bench
 
 
-def _nnx_graph_kwargs(spec, default: bool) -> dict:
-    """`graph=` for `_nnx_bench` (nnx.jit's graph / tree mode), if it takes it."""
-    import inspect
-
-    return {"graph": spec.get("graph", default)} if "graph" in inspect.signature(_nnx_bench).parameters else {}
-
-
 def jimm_linen_clip_bench(spec) -> Bench:
     import jax.numpy as jnp
 
@@ -456,7 +468,7 @@ def jimm_nnx_clip_bench(spec) -> Bench:
                                           attention_fn=_attention(spec), dtype=dtype, scan=spec.get("scan", True))
     x = (jnp.asarray(images, dtype), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
     return _clip_output(_nnx_bench(spec, model, x, None, _versions("jax", "jaxlib", "flax", "optax"),
-                                   call=lambda m, x: m(*x).logits_per_image, **_nnx_graph_kwargs(spec, False)))
+                                   call=lambda m, x: m(*x).logits_per_image, graph=spec.get("graph", False)))
 
 
 def jimm_lib_clip_bench(spec) -> Bench:
@@ -478,10 +490,7 @@ def jimm_lib_clip_bench(spec) -> Bench:
 
     images, ids, _ = _clip_inputs(spec, "nhwc")
     dtype = _jax_dtype(spec)
-    mesh = jax.make_mesh((1,), ("fsdp",), devices=jax.devices()[:1])
-    jax.set_mesh(mesh)  # global: every later trace sees it
-    model = jimm.CLIP.from_pretrained(spec["checkpoint"], dtype=dtype, param_dtype=jnp.float32)
-    model.eval()
+    model, mesh = _jimm_lib_model(jimm.CLIP, spec, dtype)
     text_eps = json.loads((Path(spec["checkpoint"]) / "config.json").read_text())["text_config"].get(
         "layer_norm_eps", 1e-5)
     for _, m in nnx.iter_graph(model.text_model):
@@ -528,13 +537,10 @@ def _torch_clip_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     images, ids, mask = _clip_inputs(spec, "nchw")
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
-    device = spec.get("device", "cpu")
-    kw = {"attn_implementation": attn} if attn else {}
+    tdtype, device, kw, sync = _torch_setup(spec, attn)
     model = CLIPModel.from_pretrained(spec["checkpoint"], dtype=tdtype, **kw).to(device).eval()
     inputs = dict(pixel_values=torch.from_numpy(images).to(device, tdtype),
                   input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
-    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     fwd = torch.compile(model) if compiled else model
 
     def step():
@@ -546,12 +552,7 @@ def _torch_clip_bench(spec, compiled: bool, attn: str | None = None) -> Bench:
         with torch.inference_mode():
             return {CLIP_OUTPUT: fwd(**inputs).logits_per_image.float().cpu().numpy()}
 
-    def compile_():  # eager: the first call (allocator, caches); compile: tracing + inductor
-        t0 = time.perf_counter()
-        step()
-        return time.perf_counter() - t0
-
-    return Bench(compile_, step, check, _versions("torch", "transformers") | {"transformers": transformers.__version__})
+    return Bench(_first_call_timer(step), step, check, _versions("torch", "transformers") | {"transformers": transformers.__version__})
 
 
 CLIP_CONTENDERS = {

@@ -43,12 +43,14 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     this default function supports that (a fused kernel never materialises the probabilities).
     """
     scale = query.shape[-1] ** -0.5
-    # Keys and values transposed to heads-major ([B, N, S, H]) first: XLA:CPU then computes
-    # q.k^T and probs.v as batched GEMMs on contiguous heads; written on [B, S, N, H] directly it
-    # materialises k^T and (probs.v)^T instead, ~1.8x slower for this block's attention on a
-    # ViT-B/16 forward (benchmarks/profile_vit.py). Same math, same float32 logits and softmax.
-    k, v = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
-    logits = jnp.einsum("btnh,bnsh->bnts", query, k, preferred_element_type=jnp.float32) * scale
+    # Heads-major ([B, N, T, H]) throughout, one transpose back at the end: XLA:CPU runs
+    # q.k^T, probs.v and their gradients as batched GEMMs on contiguous heads. Contracting a
+    # [B, T, N, H] operand or writing a [B, T, N, H] result makes it transpose the [B, N, T, S]
+    # probabilities or their gradient instead (1.2-1.5x slower forward + backward on a
+    # ViT-B/16 block, measured on a 2-core Zen 4). The scale stays on the float32 logits, as
+    # HF's eager attention applies it, so a bfloat16 query is never multiplied by a rounded scale.
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (query, key, value))
+    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32) * scale
     mask = _combine_masks(mask, is_causal, query.shape[1], key.shape[1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -56,7 +58,7 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bnts,bnsh->btnh", probs.astype(v.dtype), v)
+    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs.astype(v.dtype), v), 1, 2)
 
 
 def _absl_flags_parsed() -> None:

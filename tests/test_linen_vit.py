@@ -18,7 +18,7 @@ from jax.ad_checkpoint import print_saved_residuals
 
 from jimm_linen.layers import loop_to_scan, remat_policy, scan_to_loop, torch_bicubic_matrix
 from jimm_linen.layers.transformer import PROJECTION_NAMES
-from tests.helpers import TINY, max_rel_diff
+from tests.helpers import TINY, assert_close, max_rel_diff
 
 CFG = ViTConfig(**TINY, layer_norm_eps=1e-6)
 IMAGES = jnp.asarray(np.random.RandomState(0).randn(2, 16, 16, 3), jnp.float32)
@@ -50,7 +50,10 @@ def test_scan_and_loop_give_same_outputs_and_gradients(scanned):
     assert jax.tree.structure(loop_params) == jax.tree.structure(nn.unbox(loop.init(jax.random.key(0), IMAGES))["params"])
     (l1, g1), (l2, g2) = _loss(model, variables), _loss(loop, {"params": loop_params})
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    # Same math, fused differently by XLA: the gradients agree to float32 rounding of each
+    # tensor's scale (1e-6, ten times tighter than the HF parity bound), not elementwise, since
+    # an entry near cancellation carries the rounding of its larger neighbours.
+    jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-6, what="scan vs loop gradient"),
                  g1, loop_to_scan(jax.tree.map(np.asarray, g2)))
     back = loop_to_scan(loop_params)
     jax.tree.map(np.testing.assert_array_equal, back, variables["params"])

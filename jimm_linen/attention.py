@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 AttentionFn = Callable[..., jax.Array]
 
@@ -35,6 +36,26 @@ def _combine_masks(mask, is_causal: bool, t: int, s: int):
     return mask
 
 
+@jax.custom_jvp
+def softmax(x: jax.Array) -> jax.Array:
+    """Softmax over the last axis with the same forward values as `jax.nn.softmax`.
+
+    `jax.nn.softmax` is traced through unless the global `jax_softmax_custom_jvp` flag is on
+    (off by default, and a library must not flip it), so the backward pass keeps the
+    unnormalised exponentials and their sums next to the probabilities: one more [B, N, T, S]
+    tensor per layer. The stated derivative needs only the output.
+    """
+    unnormalized = jnp.exp(x - lax.stop_gradient(x.max(-1, keepdims=True)))
+    return unnormalized / unnormalized.sum(-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    y = softmax(primals[0])
+    t = tangents[0]
+    return y, y * (t - (y * t).sum(-1, keepdims=True))
+
+
 def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = False,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None):
     """Exact softmax attention; logits and softmax in float32 whatever the input dtype.
@@ -54,7 +75,7 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     mask = _combine_masks(mask, is_causal, query.shape[1], key.shape[1])
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = softmax(logits)
     if dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)

@@ -91,11 +91,14 @@ HUGETLB = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 def variants(task: str, quick: bool = False) -> tuple[Entry, ...]:
     """Settings benchmarked both ways beside the plain contenders: nnx.jit's default graph mode
     (jimm_nnx runs in tree mode), the huge-page malloc setting for one contender per framework,
-    and for training two remat policies: keep every matmul output, or only the projections'."""
+    for inference the looped (unscanned) layers, and for training two remat policies: keep
+    every matmul output, or only the projections'."""
     out = (Entry("jimm_nnx", "jimm_nnx+graph_mode", dict(graph=True)),)
     if quick:
         return out
     out += tuple(Entry(c, f"{c}+hugetlb", dict(env=HUGETLB)) for c in ("jimm_linen", "legacy_hf_flax", "hf_torch_eager"))
+    if task == "infer":
+        out += (Entry("jimm_linen", "jimm_linen+loop", dict(scan=False)),)
     if task == "train":
         out += tuple(Entry("jimm_linen", f"jimm_linen+{p}", dict(remat=p)) for p in ("dots_saveable", "minimal"))
     return out

@@ -36,7 +36,7 @@ def components(batch=8, tokens=197, d=768, heads=12, mlp=3072, steps=20):
     import torch.nn.functional as F
 
     from jimm_linen.activations import get_activation
-    from jimm_linen.attention import dot_product_attention
+    from jimm_linen.layers.attention_fns import dot_product_attention
 
     h = d // heads
     rng = np.random.RandomState(0)

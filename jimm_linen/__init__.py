@@ -1,7 +1,7 @@
 """jimm_linen: the canonical Flax Linen models of jimm."""
 
-from jimm_linen.attention import dot_product_attention, make_tokamax_attention
-from jimm_linen.models.clip import (
+from jimm_linen.layers.attention_fns import dot_product_attention, make_tokamax_attention
+from jimm_linen.models.image_text import (
     CLIP, CLIPConfig, ImageTextOutput, SigLIP, SigLIPConfig, TextConfig, TextTransformer, contrastive_loss,
     sigmoid_loss,
 )
@@ -17,7 +17,7 @@ __all__ += ["from_pretrained", "save_pretrained"]
 
 # HF processors for inputs (load_processor, prepare, to_model_inputs) and zero-shot classification.
 from jimm_linen import preprocess  # noqa: E402,F401
-from jimm_linen.models.clip import ZeroShotClassifier  # noqa: E402
+from jimm_linen.models.image_text import ZeroShotClassifier  # noqa: E402
 
 __all__ += ["ZeroShotClassifier"]
 

@@ -94,7 +94,7 @@ import numpy as np
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import CheckpointError, Rule, Transform
 from jimm_linen.layers import scan_groups
-from jimm_linen.models.clip import SigLIP, SigLIPConfig, TextConfig
+from jimm_linen.models.image_text import SigLIP, SigLIPConfig, TextConfig
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit.config import VARIANTS
 from jimm_linen.pretrained import FAMILIES, fresh_params, loop_shapes

@@ -16,9 +16,9 @@ import numpy as np
 
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.layers import scan_groups, scan_to_loop
-from jimm_linen.models.clip import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer
-from jimm_linen.models.clip.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
-from jimm_linen.models.clip import hf as clip_hf
+from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer
+from jimm_linen.models.image_text.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
+from jimm_linen.models.image_text import hf as clip_hf
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit import hf as vit_hf
 

@@ -15,7 +15,7 @@ from flax import nnx
 import bridge
 import jimm_linen
 from jimm_linen.layers import remat_policy
-from jimm_linen.models import clip as linen_clip
+from jimm_linen.models import image_text as linen_clip
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.pretrained import FAMILIES, read_config, resolve_checkpoint_dir
 from jimm_nnx.sharding import ShardingArg, resolve_sharding

@@ -4,6 +4,7 @@ on 8 fake CPU devices."""
 import dataclasses
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,7 +175,7 @@ def test_fsdp_adamw_step_decreases_the_sigmoid_loss():
         return optax.apply_updates(p, updates), o, loss
 
     with pt.activation_sharding(mesh, "fsdp"):
-        params = jax.jit(lambda: jimm_linen.layers.core.nn.unbox(model.init(jax.random.key(0), images, ids))["params"],
+        params = jax.jit(lambda: nn.unbox(model.init(jax.random.key(0), images, ids))["params"],
                          out_shardings=p_sh)()
         opt = jax.jit(tx.init, out_shardings=o_sh)(params)
         train_step = jax.jit(step, in_shardings=(p_sh, o_sh, x_sh, t_sh), out_shardings=(p_sh, o_sh, None),

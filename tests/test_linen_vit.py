@@ -17,7 +17,7 @@ from jimm_linen import ViT, ViTConfig
 from jax.ad_checkpoint import print_saved_residuals
 
 from jimm_linen.layers import loop_to_scan, remat_policy, scan_to_loop, torch_bicubic_matrix
-from jimm_linen.layers.transformer import PROJECTION_NAMES
+from jimm_linen.layers.stack import PROJECTION_NAMES
 from tests.helpers import TINY, assert_close, max_rel_diff
 
 CFG = ViTConfig(**TINY, layer_norm_eps=1e-6)

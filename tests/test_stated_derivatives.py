@@ -8,9 +8,9 @@ import pytest
 import torch
 from jax.test_util import check_grads
 
-from jimm_linen.attention import softmax
+from jimm_linen.layers.attention_fns import softmax
 from jimm_linen.layers import LayerNorm
-from jimm_linen.layers.core import _centered_rstd, standardize
+from jimm_linen.layers.norm import _centered_rstd, standardize
 from tests.helpers import assert_close
 
 RNG = np.random.RandomState(0)

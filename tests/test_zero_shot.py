@@ -1,4 +1,4 @@
-"""Zero-shot classification (jimm_linen.models.clip.zero_shot) against HF Transformers.
+"""Zero-shot classification (jimm_linen.models.image_text.zero_shot) against HF Transformers.
 
 One template: the helper's logits equal the model's own `logits_per_image` on the class
 prompts, ours and HF's. Several templates: they equal a NumPy prompt ensemble computed from
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import jimm_linen
-from jimm_linen.models.clip import ZeroShotClassifier, class_embeddings, prompts, zero_shot_logits
+from jimm_linen.models.image_text import ZeroShotClassifier, class_embeddings, prompts, zero_shot_logits
 from jimm_linen.preprocess import load_processor, prepare
 from tests.helpers import assert_close
 from tests.test_clip_pipeline import BUILDERS, CLASSES, HF_TEXT_KWARGS, TEMPLATES, hf_processor, pil_images

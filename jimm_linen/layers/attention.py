@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from jimm_linen.attention import dot_product_attention
-from jimm_linen.layers.core import DenseGeneral, default_kernel_init
+from jimm_linen.layers.attention_fns import dot_product_attention
+from jimm_linen.layers.linear import DenseGeneral, default_kernel_init
 
 ACT_HEADS = ("act_batch", "act_length", "act_heads", "act_kv")
 

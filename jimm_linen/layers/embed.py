@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.layers.core import default_kernel_init
+from jimm_linen.layers.linear import default_kernel_init
 
 
 def check_images(images: jax.Array, num_channels: int, patch_size: int) -> None:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jimm_linen.activations import get_activation
-from jimm_linen.layers.core import DenseGeneral
+from jimm_linen.layers.linear import DenseGeneral
 
 
 class MlpBlock(nn.Module):

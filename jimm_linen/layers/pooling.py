@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jimm_linen.layers.attention import MultiHeadAttention
-from jimm_linen.layers.core import LayerNorm, default_kernel_init
+from jimm_linen.layers.linear import default_kernel_init
+from jimm_linen.layers.norm import LayerNorm
 from jimm_linen.layers.mlp import MlpBlock
 
 

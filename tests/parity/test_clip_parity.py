@@ -6,12 +6,10 @@ hidden state of both towers, through Linen and NNX.
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import jimm_linen
 import jimm_nnx

@@ -1,4 +1,5 @@
 from jimm_linen.models.vit.config import ViTConfig
-from jimm_linen.models.vit.model import ViT, TowerOutput
+from jimm_linen.models.vit.model import ViT
+from jimm_linen.outputs import TowerOutput
 
 __all__ = ["ViT", "ViTConfig", "TowerOutput"]

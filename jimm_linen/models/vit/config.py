@@ -68,6 +68,8 @@ class ViTConfig:
     patch_bias: bool = True
     head_bias: bool = True
 
+    causal = False  # image tokens attend to each other both ways (the encoder blocks read this)
+
     def __post_init__(self):
         if self.pooler_output_size is None:
             object.__setattr__(self, "pooler_output_size", self.hidden_size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -13,25 +12,9 @@ from jimm_linen.activations import get_activation
 from jimm_linen.layers import (
     DenseGeneral, Encoder, LayerNorm, MAPHead, PatchEmbedding, check_images, resize_position_grid,
 )
-from jimm_linen.layers.core import default_kernel_init
+from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.vit.config import ViTConfig
-
-
-@flax.struct.dataclass
-class TowerOutput:
-    """What a tower (`ViT`, `TextTransformer`) returns with `return_hidden_states=True`.
-
-    `output`: the `head`'s output (logits, or a CLIP/SigLIP projection) if the tower has one,
-    else the pooled features.
-    `pooled`: the pooled features (after `pre_logits` when there is one).
-    `last_hidden_state`: all tokens after the final LayerNorm.
-    `hidden_states`: the embeddings and every block's output, like HF's `hidden_states`.
-    """
-
-    output: jax.Array
-    pooled: jax.Array
-    last_hidden_state: jax.Array
-    hidden_states: tuple[jax.Array, ...]
+from jimm_linen.outputs import TowerOutput
 
 
 class ViT(nn.Module):
@@ -71,14 +54,8 @@ class ViT(nn.Module):
         if cfg.pre_norm:
             x = LayerNorm(cfg.layer_norm_eps, name="pre_norm", **kw)(x)
 
-        encoded, per_layer = Encoder(
-            num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
-            mlp_dim=cfg.intermediate_size, hidden_act=cfg.hidden_act,
-            layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias,
-            dropout_rate=cfg.hidden_dropout_prob, attention_dropout=cfg.attention_probs_dropout_prob,
-            attention_fn=self.attention_fn, scan=self.scan, remat_policy=self.remat_policy,
-            kernel_init=kernel_init, name="Transformer", **kw,
-        )(x, None, not train, return_hidden_states)
+        encoded, per_layer = Encoder(cfg, self.attention_fn, self.scan, self.remat_policy, name="Transformer",
+                                     **kw)(x, None, not train, return_hidden_states)
 
         if cfg.pooling == "cls":
             pooled = encoded[:, 0]

@@ -1,7 +1,8 @@
-from jimm_linen.models.clip.config import CLIPConfig, SigLIPConfig, TextConfig
-from jimm_linen.models.clip.losses import contrastive_loss, sigmoid_loss
-from jimm_linen.models.clip.model import CLIP, ImageTextOutput, SigLIP, TextTransformer, split_tower
-from jimm_linen.models.clip.zero_shot import (
+from jimm_linen.models.image_text.config import CLIPConfig, SigLIPConfig, TextConfig
+from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
+from jimm_linen.models.image_text.model import CLIP, SigLIP, TextTransformer, split_tower
+from jimm_linen.outputs import ImageTextOutput
+from jimm_linen.models.image_text.zero_shot import (
     ZeroShotClassifier, class_embeddings, image_embeddings, prompts, zero_shot_logits,
 )
 

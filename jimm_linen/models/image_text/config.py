@@ -46,6 +46,14 @@ class TextConfig:
     projection_size: int = 0
     head_bias: bool = True
 
+    # What the shared encoder blocks read that HF's text configs do not vary.
+    qkv_bias = True
+    hidden_dropout_prob = 0.0
+
+    @property
+    def attention_probs_dropout_prob(self) -> float:
+        return self.attention_dropout
+
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"text hidden_size {self.hidden_size} is not divisible by "

@@ -11,16 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jimm_linen.layers import DenseGeneral, Encoder
-from jimm_linen.layers.core import default_kernel_init
-from jimm_linen.models.clip.config import CLIPConfig, SigLIPConfig, TextConfig
-from jimm_linen.models.clip.losses import contrastive_loss, sigmoid_loss
-from jimm_linen.models.vit.model import TowerOutput, ViT
+from jimm_linen.layers.linear import default_kernel_init
+from jimm_linen.models.image_text.config import CLIPConfig, SigLIPConfig, TextConfig
+from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
+from jimm_linen.models.vit.model import ViT
+from jimm_linen.outputs import ImageTextOutput, TowerOutput
 
 
 def check_text(input_ids, attention_mask, config: TextConfig) -> None:
@@ -75,13 +75,8 @@ class TextTransformer(nn.Module):
         mask = None
         if attention_mask is not None:  # (B, S) -> (B, 1, 1, S): padded keys are never attended
             mask = attention_mask.astype(bool)[:, None, None, :]
-        encoded, per_layer = Encoder(
-            num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
-            mlp_dim=cfg.intermediate_size, hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps,
-            attention_dropout=cfg.attention_dropout, attention_fn=self.attention_fn,
-            is_causal=cfg.causal, scan=self.scan, remat_policy=self.remat_policy,
-            kernel_init=init, name="Encoder_0", **kw,
-        )(x, mask, not train, return_hidden_states)
+        encoded, per_layer = Encoder(cfg, self.attention_fn, self.scan, self.remat_policy, name="Encoder_0",
+                                     **kw)(x, mask, not train, return_hidden_states)
         pooled = encoded[jnp.arange(encoded.shape[0]), self._pool_index(input_ids)]
         out = pooled
         if cfg.projection_size:
@@ -101,22 +96,6 @@ class TextTransformer(nn.Module):
             return jnp.argmax(input_ids, axis=-1)
         # The first EOS (padding may reuse the EOS id); position 0 if there is none, as in HF.
         return jnp.argmax(input_ids == cfg.eos_token_id, axis=-1)
-
-
-@flax.struct.dataclass
-class ImageTextOutput:
-    """What CLIP and SigLIP return, as HF's `CLIPOutput` / `SiglipOutput`: L2-normalised
-    `image_embeds` and `text_embeds`, `logits_per_image` `(images, texts)` and its transpose
-    `logits_per_text`; `loss` with `return_loss=True`; the towers' `TowerOutput`s with
-    `return_hidden_states=True`."""
-
-    image_embeds: jax.Array
-    text_embeds: jax.Array
-    logits_per_image: jax.Array
-    logits_per_text: jax.Array
-    loss: jax.Array | None = None
-    vision_output: TowerOutput | None = None
-    text_output: TowerOutput | None = None
 
 
 def _normalize(x):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.models.clip.model import SigLIP
+from jimm_linen.models.image_text.model import SigLIP
 from jimm_linen.preprocess import prepare
 
 

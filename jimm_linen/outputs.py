@@ -1,0 +1,39 @@
+"""What the models return: small dataclasses (pytrees), one place for all of them."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+
+@flax.struct.dataclass
+class TowerOutput:
+    """What a tower (`ViT`, `TextTransformer`) returns with `return_hidden_states=True`.
+
+    `output`: the `head`'s output (logits, or a CLIP/SigLIP projection) if the tower has one,
+    else the pooled features.
+    `pooled`: the pooled features (after `pre_logits` when there is one).
+    `last_hidden_state`: all tokens after the final LayerNorm.
+    `hidden_states`: the embeddings and every block's output, like HF's `hidden_states`.
+    """
+
+    output: jax.Array
+    pooled: jax.Array
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...]
+
+
+@flax.struct.dataclass
+class ImageTextOutput:
+    """What CLIP and SigLIP return, as HF's `CLIPOutput` / `SiglipOutput`: L2-normalised
+    `image_embeds` and `text_embeds`, `logits_per_image` `(images, texts)` and its transpose
+    `logits_per_text`; `loss` with `return_loss=True`; the towers' `TowerOutput`s with
+    `return_hidden_states=True`."""
+
+    image_embeds: jax.Array
+    text_embeds: jax.Array
+    logits_per_image: jax.Array
+    logits_per_text: jax.Array
+    loss: jax.Array | None = None
+    vision_output: TowerOutput | None = None
+    text_output: TowerOutput | None = None

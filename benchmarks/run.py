@@ -13,9 +13,10 @@ odd rounds), each run is a compile, `--warmup` untimed and `--steps` timed steps
 first round every entry's outputs (logits; for training the loss, the gradient's global norm and
 the first step's loss) are compared with the workload's reference entry; a disagreement stops the
 run before anything is recorded. Then one JSON line per entry is appended to `--results` (all
-timed steps of all rounds pooled: median / min / max) and the README's benchmark tables are
-regenerated from the latest run of each workload. The host's load average is recorded before and
-after each workload, since other processes may compete for the cores.
+timed steps of all rounds pooled: median / min / max), and the tables in benchmarks/RESULTS.md and
+the README's summary of them are regenerated from the latest run of each workload. The host's load
+average is recorded before and after each workload, since other processes may compete for the
+cores.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from benchmarks.workloads import AGREE_RTOL, SIDE_INSTALLED, Workload, cpu_suite
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "results.jsonl"
 README = REPO_ROOT / "README.md"
+TABLES = Path(__file__).parent / "RESULTS.md"
 
 
 class DisagreementError(SystemExit):
@@ -207,8 +209,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per run, default 10 (2 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after compile, default 2 (1 with --quick)")
     p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--readme", type=Path, default=README, help="file whose benchmark tables are regenerated")
-    p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--tables", type=Path, default=TABLES, help="file whose full benchmark tables are regenerated")
+    p.add_argument("--readme", type=Path, default=README, help="file whose benchmark summary is regenerated")
+    p.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                   help="regenerate neither --tables nor --readme")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per worker process")
     p.add_argument("--wheels", type=Path, help="GPU suite: install a venv from these wheels first")
     p.add_argument("--allow-cpu", action="store_true", help="GPU suite on CPU (logic check only, with --quick)")
@@ -263,8 +267,8 @@ def main(argv=None) -> int:
                 f.write(json.dumps(row) + "\n")
         all_rows += rows
         print(report.workload_table(rows), flush=True)
-    if not args.no_readme and all_rows:
-        report.update_readme(args.readme, args.results)
+    if not args.no_docs and all_rows:
+        report.update_docs(args.results, args.tables, args.readme)
     return 0
 
 

@@ -1,6 +1,7 @@
 """The benchmark harness end to end on a tiny config (no side installs), its agreement check,
-the README block it regenerates, the MFU FLOP formulas, the CLIP image-text workload, and the
-GPU suite's logic on CPU."""
+the tables it regenerates in benchmarks/RESULTS.md and the README's summary of them (the
+committed ones included), the MFU FLOP formulas, the CLIP image-text workload, and the GPU suite's
+logic on CPU."""
 
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ def _harness(*args, cwd=REPO):
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
-def test_quick_suite_records_every_field_and_regenerates_the_readme(tmp_path):
-    results, readme = tmp_path / "r.jsonl", tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Benchmarks\n\nkept\n\n{report.BEGIN}\nold table\n{report.END}\n\n## Tests\nkept too\n")
-    proc = _harness("--workloads", "vit_b16_infer,vit_b16_train", "--results", str(results), "--readme", str(readme))
+def test_quick_suite_records_every_field_and_regenerates_the_tables_and_the_readme(tmp_path):
+    results, tables, readme = tmp_path / "r.jsonl", tmp_path / "RESULTS.md", tmp_path / "README.md"
+    tables.write_text(f"# x\n\nkept\n\n{report.BEGIN}\nold table\n{report.END}\n\nkept too\n")
+    readme.write_text(f"# x\n\n## Benchmarks\n\nkept\n\n{report.SUMMARY_BEGIN}\nold summary\n{report.SUMMARY_END}"
+                      "\n\n## Tests\nkept too\n")
+    proc = _harness("--workloads", "vit_b16_infer,vit_b16_train", "--results", str(results),
+                    "--tables", str(tables), "--readme", str(readme))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted((r["workload"], r["label"]) for r in rows) == sorted(
@@ -47,18 +51,62 @@ def test_quick_suite_records_every_field_and_regenerates_the_readme(tmp_path):
             assert r["xla_peak_bytes"] > 0 and r["versions"]["jax"]
         else:
             assert r["xla_peak_bytes"] is None and r["versions"]["torch"]
-    text = readme.read_text()
-    assert "old table" not in text and "kept\n" in text and "## Tests\nkept too" in text
+    text = tables.read_text()
+    assert "old table" not in text and "kept\n" in text and "kept too\n" in text
     block = text.split(report.BEGIN)[1].split(report.END)[0]
     for c in ("hf_torch_eager", "jimm_linen", "jimm_nnx", "jimm_nnx+graph_mode"):
         assert block.count(f"| {c} |") == 2  # one row per workload
     assert "ViT-B/16 training step" in block
+    text = readme.read_text()
+    assert "old summary" not in text and "kept\n" in text and "## Tests\nkept too" in text
+    summary = text.split(report.SUMMARY_BEGIN)[1].split(report.SUMMARY_END)[0]
+    by = {r["label"]: r for r in rows if r["workload"] == "vit_b16_train"}
+    ms = lambda label: f"{by[label]['median_s'] * 1e3:,.1f}"  # noqa: E731
+    assert (f"| ViT-B/16 training step | {ms('jimm_linen')} | hf_torch_eager | {ms('hf_torch_eager')} | "
+            f"{by['hf_torch_eager']['median_s'] / by['jimm_linen']['median_s']:.2f}x |") in summary
+    assert summary.count("| hf_torch_eager |") == 2 and "quick run" in summary
+
+
+def test_summary_compares_jimm_linen_with_the_fastest_other_library_at_default_settings(tmp_path):
+    def row(workload, label, ms, **kw):
+        return {"workload": workload, "run_id": "a", "task": "infer", "batch": 8, "dtype": "float32",
+                "cpu_count": 2, "contender": label.split("+")[0], "label": label, "median_s": ms / 1e3, **kw}
+
+    rows = [row("vit_b16_infer", "hf_torch_eager", 1600.0), row("vit_b16_infer", "hf_torch_compile", 1500.0),
+            row("vit_b16_infer", "jimm_linen", 1200.0), row("vit_b16_infer", "jimm_nnx", 100.0),
+            row("vit_b16_infer", "hf_torch_eager+hugetlb", 100.0), row("vit_b16_infer", "jimm_linen+loop", 100.0),
+            row("long_sequence", "jimm_linen+default", 9000.0), row("long_sequence", "jimm_linen+xla_chunked", 8000.0),
+            # an older run of the same workload, and a quick one: neither is the latest full run
+            {**row("vit_b16_infer", "hf_torch_eager", 1.0), "run_id": "old"},
+            {**row("vit_b16_infer", "jimm_linen", 1.0), "run_id": "quick", "quick": True}]
+    rows.insert(0, rows.pop(8))
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table, note = report.summary(results).split("\n\n")
+    assert table.splitlines()[2:] == ["| ViT-B/16 inference | 1,200.0 | hf_torch_compile | 1,500.0 | 1.25x |"]
+    note = " ".join(note.split())
+    assert "latest full run (batch 8, float32, 2 cores)" in note and "but jimm_linen and jimm_nnx" in note
+    assert note.endswith("Not run against other libraries: Long sequence.")
+
+
+def test_committed_tables_and_readme_summary_are_what_the_results_regenerate(tmp_path):
+    """Regenerating from the committed results.jsonl is a no-op on the committed RESULTS.md and
+    README, and the README points at RESULTS.md instead of carrying the full tables."""
+    tables, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
+    tables.write_text((REPO / "benchmarks" / "RESULTS.md").read_text())
+    readme.write_text((REPO / "README.md").read_text())
+    report.update_docs(REPO / "benchmarks" / "results" / "results.jsonl", tables, readme)
+    assert tables.read_text() == (REPO / "benchmarks" / "RESULTS.md").read_text()
+    assert readme.read_text() == (REPO / "README.md").read_text()
+    text = readme.read_text()
+    assert "](benchmarks/RESULTS.md)" in text and report.BEGIN not in text
+    assert report.BEGIN in tables.read_text() and "| contender | median step (ms) |" in tables.read_text()
 
 
 def test_a_wrong_output_stops_the_run_before_anything_is_recorded(tmp_path):
     results = tmp_path / "r.jsonl"
     proc = _harness("--workloads", "vit_b16_infer", "--contenders", "hf_torch_eager,jimm_nnx",
-                    "--corrupt", "jimm_nnx", "--results", str(results), "--no-readme")
+                    "--corrupt", "jimm_nnx", "--results", str(results), "--no-docs")
     assert proc.returncode != 0
     assert "disagree" in proc.stderr and "jimm_nnx/logits" in proc.stderr, proc.stderr[-2000:]
     assert not results.exists()
@@ -101,7 +149,7 @@ def test_vit_flop_formula_matches_xla_cost_analysis():
 
 def test_quick_clip_workload_agrees_on_logits_per_image(tmp_path):
     results = tmp_path / "c.jsonl"
-    proc = _harness("--workloads", "clip_b32_image_text", "--results", str(results), "--no-readme")
+    proc = _harness("--workloads", "clip_b32_image_text", "--results", str(results), "--no-docs")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "outputs agree with hf_torch_eager" in proc.stdout
     rows = [json.loads(line) for line in results.read_text().splitlines()]
@@ -156,7 +204,7 @@ def test_gpu_suite_covers_every_backend_and_runs_its_logic_on_cpu(tmp_path):
     results = tmp_path / "g.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "gpu", "--quick", "--allow-cpu",
-                           "--workloads", "gpu_attention_backends_bf16", "--results", str(results), "--no-readme"],
+                           "--workloads", "gpu_attention_backends_bf16", "--results", str(results), "--no-docs"],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, PartitionSpec
@@ -171,14 +173,53 @@ class LinenModule(nnx.bridge.ToNNX):
     def __call__(self, *args, rngs: RngsLike = None, method=None, **kwargs):
         """`module.apply(variables, *args, **kwargs)` with this model's variables, on its
         placement. `rngs=None` uses the stored rngs (every stream, like `nnx.bridge.ToNNX`);
-        `rngs={}` runs without random streams."""
+        `rngs={}` runs without random streams.
+
+        Called eagerly, it runs one compiled program (jitted once per module, placement,
+        method, flags and input shapes), as fast as `jax.jit(module.apply)`; inside `jit`,
+        `grad` or `vmap` it traces the apply into the caller's program."""
         streams = rng_streams(self.to_nnx__rngs if rngs is None else rngs)
-        module = self.to_nnx__module
+        return _call_linen(self.to_nnx__module, self.to_nnx__placement, method, to_linen_variables(self),
+                           streams, args, kwargs)
 
-        def apply(variables, streams, *args, **kwargs):
-            return module.apply(variables, *args, rngs=streams, method=method, **kwargs)
 
-        return self.to_nnx__placement.run(apply, to_linen_variables(self), streams, *args, **kwargs)
+def _call_linen(module: nn.Module, placement: Placement, method, variables, streams, args, kwargs):
+    """`module.apply(variables, *args, rngs=streams, method=method, **kwargs)` on `placement`,
+    compiled when called eagerly.
+
+    Array leaves are arguments of the compiled program and everything else (flags, strings,
+    the module) is static, so new parameters (`nnx.update`, an optimizer step, new weights) and
+    fresh dropout keys reach the next call without a recompile, and a new flag or input shape
+    compiles once more. Under a transform (`jit`, `grad`, `vmap`) the apply is traced into the
+    caller's computation as before: an outer jit compiles it already, and lowers it to exactly
+    the ops of `jax.jit(module.apply)`."""
+    leaves, treedef = jax.tree.flatten((variables, streams, args, kwargs))
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return _apply(module, placement, method, variables, streams, args, kwargs)
+    is_array = tuple(isinstance(x, jax.Array | np.ndarray) for x in leaves)
+    statics = tuple(None if a else x for x, a in zip(leaves, is_array))
+    try:
+        hash((module, placement, method, statics))
+    except TypeError:  # an unhashable flag cannot key a compiled program: run op by op
+        return _apply(module, placement, method, variables, streams, args, kwargs)
+    arrays = [x for x, a in zip(leaves, is_array) if a]
+    return _compiled_apply(arrays, module=module, placement=placement, method=method,
+                           structure=(treedef, is_array, statics))
+
+
+@functools.partial(jax.jit, static_argnames=("module", "placement", "method", "structure"))
+def _compiled_apply(arrays, *, module, placement, method, structure):
+    treedef, is_array, statics = structure
+    it = iter(arrays)
+    leaves = [next(it) if a else x for x, a in zip(statics, is_array)]
+    return _apply(module, placement, method, *jax.tree.unflatten(treedef, leaves))
+
+
+def _apply(module: nn.Module, placement: Placement, method, variables, streams, args, kwargs):
+    def apply(variables, streams, *args, **kwargs):
+        return module.apply(variables, *args, rngs=streams, method=method, **kwargs)
+
+    return placement.run(apply, variables, streams, *args, **kwargs)
 
 
 def _with_logical_names(module: nn.Module, variables: Mapping[str, Any], example_inputs, placement: Placement):

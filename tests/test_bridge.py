@@ -21,7 +21,7 @@ from tests.helpers import assert_same_tree
 
 VIT = jimm_linen.ViT(jimm_linen.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=48, image_size=16, patch_size=4, num_labels=5))
-ENCODER = Encoder(num_layers=2, num_heads=2, mlp_dim=16, hidden_act="gelu", layer_norm_eps=1e-6)  # not a family
+ENCODER = Encoder(VIT.config)  # not a family
 
 
 def random_variables(module, *inputs, seed=0):

@@ -200,3 +200,46 @@ def test_sharded_eager_call(mesh):
         assert new == 0
         assert_close(nnx.jit(lambda m, x: m(x))(model, x), out, rtol=1e-6)
     assert_same_tree(model(x), out)  # outside the `set_mesh` too
+
+
+def test_committed_call_path_tables_are_what_the_results_regenerate(tmp_path):
+    """benchmarks/RESULTS.md's nnx-call block is `benchmarks.nnx_call`'s rendering of the
+    committed JSON lines (the latest run of each batch size)."""
+    from pathlib import Path
+
+    from benchmarks import nnx_call
+    from benchmarks.report import _replace_block
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "RESULTS.md"
+    tables = tmp_path / "RESULTS.md"
+    tables.write_text(committed.read_text())
+    _replace_block(tables, nnx_call.BEGIN, nnx_call.END, nnx_call.render(nnx_call.RESULTS))
+    assert tables.read_text() == committed.read_text()
+    block = committed.read_text().split(nnx_call.BEGIN)[1].split(nnx_call.END)[0]
+    assert block.count("| model(x) eager |") >= 1 and "| native: nnx.jit graph mode (default) |" in block
+
+
+def test_what_graph_mode_outputs():
+    """`nnx.jit`'s default graph mode returns every Variable, a copy of all parameters per
+    un-donated call, for a native NNX module as for a bridged one; `graph_updates=False` returns
+    only the Variables that changed (dropout's rng count) and donation lets the copies reuse the
+    model's buffers, so both cost what tree mode and `jax.jit(apply)` do."""
+    model = jimm_nnx.VisionTransformer.from_config(VIT, hidden_dropout_prob=0.5)
+    native = nnx.Sequential(nnx.Linear(16, 64, rngs=nnx.Rngs(0)), nnx.Linear(64, 16, rngs=nnx.Rngs(1)))
+    x = jnp.ones((2, 16))
+
+    def memory(jitted, *args):
+        return jitted.lower(*args).compile().memory_analysis()
+
+    for m, inputs, out_bytes in ((model, IMAGES, 2 * VIT.num_labels * 4), (native, x, x.nbytes)):
+        param_bytes = sum(p.nbytes for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
+        f = lambda m, x: m(x)  # noqa: E731
+        assert memory(nnx.jit(f), m, inputs).output_size_in_bytes >= out_bytes + param_bytes
+        assert memory(nnx.jit(f, graph=False), m, inputs).output_size_in_bytes == out_bytes
+        assert memory(nnx.jit(f, graph_updates=False), m, inputs).output_size_in_bytes == out_bytes
+        assert memory(nnx.jit(f, donate_argnums=0), m, inputs).alias_size_in_bytes >= param_bytes
+
+    before = model.to_nnx__rngs.default.count.get_value()
+    train = nnx.jit(lambda m, x: m(x, train=True), graph_updates=False)
+    first, second = train(model, IMAGES), train(model, IMAGES)
+    assert model.to_nnx__rngs.default.count.get_value() == before + 2 and not np.allclose(first, second)

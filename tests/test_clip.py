@@ -264,8 +264,8 @@ def test_towers_from_full_checkpoints_and_in_hf_tower_format(family, tmp_path):
         again = type(model).from_pretrained(out, sharding=jimm_nnx.NoSharding())
         np.testing.assert_array_equal(np.asarray(run(again)), np.asarray(run(model)))
         module, variables = jimm_linen.from_pretrained(out)
-        np.testing.assert_array_equal(np.asarray(jax.jit(module.apply)(variables, *((images,) if model is vision else (ids_j, mask_j)))),
-                                      np.asarray(run(model)))
+        inputs = (images,) if model is vision else (ids_j, mask_j)
+        np.testing.assert_array_equal(np.asarray(jax.jit(module.apply)(variables, *inputs)), np.asarray(run(model)))
     other = jimm_nnx.SigLIPVisionModel if family == "clip" else jimm_nnx.CLIPVisionModel
     with pytest.raises(ValueError, match="checkpoint"):
         other.from_pretrained(tmp_path / "full")

@@ -65,10 +65,10 @@ def test_eager_call_is_the_compiled_linen_apply(name):
     model = cls.from_config(config)
     variables = bridge.to_linen_variables(model)
     for method, inputs, flags in calls:
-        out, new = compiles(lambda: call(model, method, inputs, flags))
+        out, new = compiles(lambda m=method, i=inputs, f=flags: call(model, m, i, f))
         assert new == 1, (method, flags)
         assert_same_tree(out, linen_apply(model, variables, *inputs, method=method, **flags))
-        again, new = compiles(lambda: call(model, method, inputs, flags))
+        again, new = compiles(lambda m=method, i=inputs, f=flags: call(model, m, i, f))
         assert new == 0, (method, flags)
         assert_same_tree(again, out)
 
@@ -121,13 +121,12 @@ def test_grads_are_the_linen_grads():
     variables = bridge.to_linen_variables(model)
     want_loss, want = jax.value_and_grad(lambda p: _loss(model.linen_module.apply({"params": p}, IMAGES)))(
         variables["params"])
-    loss, grads = nnx.value_and_grad(lambda m: _loss(m(IMAGES)))(model)
+    loss, grads = nnx.value_and_grad(lambda m: _loss(m(IMAGES)))(model)  # eager grad: traced, as Linen's
     assert loss == want_loss
     assert_same_tree(nnx.to_pure_dict(grads), want)
-    jit_loss, jit_grads = nnx.jit(nnx.value_and_grad(lambda m: _loss(m(IMAGES))))(model)
+    jit_loss, _ = nnx.jit(nnx.value_and_grad(lambda m: _loss(m(IMAGES))))(model)
     assert_close(jit_loss, want_loss, rtol=1e-6)
-    jax.tree.map(lambda g, w: assert_close(g, w, rtol=1e-6), nnx.to_pure_dict(nnx.grad(lambda m: _loss(m(IMAGES)))(model)),
-                 want)
+    jit_grads = nnx.jit(nnx.grad(lambda m: _loss(m(IMAGES))), graph=False)(model)
     jax.tree.map(lambda g, w: assert_close(g, w, rtol=1e-6), nnx.to_pure_dict(jit_grads), want)
 
 
@@ -233,7 +232,7 @@ def test_what_graph_mode_outputs():
 
     for m, inputs, out_bytes in ((model, IMAGES, 2 * VIT.num_labels * 4), (native, x, x.nbytes)):
         param_bytes = sum(p.nbytes for p in jax.tree.leaves(nnx.state(m, nnx.Param)))
-        f = lambda m, x: m(x)  # noqa: E731
+        f = lambda m, x: m(x)
         assert memory(nnx.jit(f), m, inputs).output_size_in_bytes >= out_bytes + param_bytes
         assert memory(nnx.jit(f, graph=False), m, inputs).output_size_in_bytes == out_bytes
         assert memory(nnx.jit(f, graph_updates=False), m, inputs).output_size_in_bytes == out_bytes

@@ -143,7 +143,7 @@ class LinenModule(nnx.bridge.ToNNX):
         `jimm_linen.from_pretrained` or an orbax restore), each placed on its sharding.
 
         Plain arrays get their logical names from an abstract `module.init` on
-        `example_inputs` (default: the model family's dummy inputs); a tree that differs
+        `example_inputs` (default: `module.config.dummy_inputs()`); a tree that differs
         from it in structure or shapes is an error naming the paths. `mesh` and `rules` (or a
         `placement`) work as in `wrap`.
         """
@@ -184,14 +184,11 @@ class LinenModule(nnx.bridge.ToNNX):
 def _with_logical_names(module: nn.Module, variables: Mapping[str, Any], example_inputs, placement: Placement):
     """`variables` boxed with the logical names an abstract init of `module` gives them."""
     if example_inputs is None:
-        from jimm_linen.pretrained import family_of  # noqa: PLC0415 - only needed here
-
-        try:
-            fam = family_of(module)
-        except TypeError:
+        dummy_inputs = getattr(getattr(module, "config", None), "dummy_inputs", None)
+        if dummy_inputs is None:
             raise ValueError(f"pass example_inputs=(...) to name the axes of a {type(module).__name__}'s "
-                             f"variables (or pass variables boxed with nn.LogicallyPartitioned)") from None
-        example_inputs = fam.dummy_inputs(module.config)
+                             f"variables (or pass variables boxed with nn.LogicallyPartitioned)")
+        example_inputs = dummy_inputs()
     abstract = jax.eval_shape(lambda *inputs: placement.run(
         module.init, jax.random.key(0), *inputs, out_specs=PartitionSpec(), constrain_activations=False),
         *example_inputs)

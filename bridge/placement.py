@@ -74,7 +74,14 @@ class Placement:
     def place(self, value: jax.Array, spec: PartitionSpec) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(value)
-        return jax.device_put(value, self.sharding(spec))
+        sharding = self.sharding(spec)
+        if isinstance(value, jax.Array) and value.sharding == sharding:
+            return value  # read straight into place (the load engine): no second copy
+        return jax.device_put(value, sharding)
+
+    def leaf_sharding(self, names: Sequence[str | None] | None, shape: Sequence[int]) -> NamedSharding:
+        """Where a parameter with logical `names` (None: none) goes: what `place` puts it on."""
+        return self.sharding(self.spec(names, shape))
 
     # -- running Linen code -----------------------------------------------------------------
 

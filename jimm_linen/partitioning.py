@@ -167,6 +167,17 @@ def tree_shardings(tree, mesh: Mesh, rules="fsdp"):
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def leaf_sharding(mesh: Mesh, rules="fsdp"):
+    """`(logical names or None, shape) -> NamedSharding` for one parameter, as `tree_shardings`
+    places it (None: replicated)."""
+    amesh = auto_mesh(mesh)
+
+    def sharding(names, shape) -> NamedSharding:
+        return NamedSharding(amesh, PartitionSpec() if names is None else logical_to_spec(names, rules, mesh, shape))
+
+    return sharding
+
+
 def param_specs(module: nn.Module, *inputs, mesh: Mesh, rules="fsdp", **kwargs):
     """PartitionSpecs for `variables["params"]` on `mesh` under `rules`."""
     return tree_specs(abstract_variables(module, *inputs, **kwargs)["params"], mesh, rules)

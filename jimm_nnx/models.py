@@ -70,9 +70,11 @@ class PretrainedModel(bridge.LinenModule):
 
     @staticmethod
     def _load(name_or_path, rngs, placement: bridge.Placement, **kwargs: Any):
-        """`jimm_linen.from_pretrained`, each parameter read straight onto the placement."""
-        return jimm_linen.from_pretrained(name_or_path, rng=bridge.rng_streams(rngs)["params"],
-                                          mesh=placement.mesh, rules=placement.rules, **kwargs)
+        """`jimm_linen.from_pretrained`, each parameter read straight onto the placement, in its
+        logical-axis box (so the bridge needs no init and no second placement)."""
+        return jimm_linen.from_pretrained(name_or_path, rng=bridge.rng_streams(rngs)["params"], boxed=True,
+                                          shardings=placement.leaf_sharding if placement.sharded else None,
+                                          **kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any, *, rngs: RngsArg = None,
@@ -88,8 +90,7 @@ class PretrainedModel(bridge.LinenModule):
         config = cls._config(config, config_overrides)
         module = cls.linen_cls(config, attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype,
                                scan=scan, remat_policy=_remat(use_gradient_checkpointing))
-        return cls.wrap(module, *FAMILIES[cls.model_type].dummy_inputs(config), rngs=_default_rngs(rngs),
-                        placement=resolve_sharding(sharding))
+        return cls.wrap(module, *config.dummy_inputs(), rngs=_default_rngs(rngs), placement=resolve_sharding(sharding))
 
     @classmethod
     def _config(cls, config, overrides: dict[str, Any]):
@@ -184,18 +185,10 @@ class _Tower(PretrainedModel):
                         rngs: RngsArg = None, **kwargs: Any):
         directory = resolve_checkpoint_dir(name_or_path)
         fam, _ = read_config(directory)
-        if fam is not FAMILIES[cls.full_cls.model_type]:
-            if fam is not FAMILIES[cls.model_type]:
-                raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
-            return super().from_pretrained(directory, attention_fn, dtype, param_dtype, sharding,
-                                           use_gradient_checkpointing, rngs, **kwargs)
-        rngs, placement = _default_rngs(rngs), resolve_sharding(sharding)
-        module, variables = cls._load(directory, rngs, placement, attention_fn=attention_fn, dtype=dtype,
-                                      param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
-                                      **kwargs)
-        module, variables = linen_clip.split_tower(module, variables, cls.tower)
-        return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs,
-                                        example_inputs=FAMILIES[cls.model_type].dummy_inputs(module.config))
+        if fam not in (FAMILIES[cls.full_cls.model_type], FAMILIES[cls.model_type]):
+            raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
+        return super().from_pretrained(directory, attention_fn, dtype, param_dtype, sharding,
+                                       use_gradient_checkpointing, rngs, tower=cls.tower, **kwargs)
 
     @classmethod
     def _config(cls, config, overrides: dict[str, Any]):

@@ -14,14 +14,13 @@ from jax.sharding import PartitionSpec as P
 
 import bridge
 import jimm_linen
-from jimm_linen.layers import DenseGeneral, Encoder
-from jimm_linen.models.vit import hf as vit_hf
+from jimm_linen.layers import DenseGeneral
 from jimm_linen.partitioning import param_shardings, param_specs
 from tests.helpers import assert_same_tree
 
 VIT = jimm_linen.ViT(jimm_linen.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=48, image_size=16, patch_size=4, num_labels=5))
-ENCODER = Encoder(num_layers=2, num_heads=2, mlp_dim=16, hidden_act="gelu", layer_norm_eps=1e-6)  # not a family
+DENSE = DenseGeneral(4, kernel_axes=("embed", "mlp"))  # no config saying what inputs it takes
 
 
 def random_variables(module, *inputs, seed=0):
@@ -42,7 +41,7 @@ def explicit_mesh():
 
 @pytest.fixture(scope="module")
 def vit_variables():
-    return random_variables(VIT, *vit_hf.dummy_inputs(VIT.config))
+    return random_variables(VIT, *VIT.config.dummy_inputs())
 
 
 @pytest.mark.parametrize("mesh", [None, auto_mesh, explicit_mesh], ids=["unsharded", "auto", "explicit"])
@@ -55,7 +54,7 @@ def test_linen_nnx_linen_is_lossless(vit_variables, mesh):
     assert_same_tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)), vit_variables["params"])
     if mesh is not None:
         # One rule table: the very shardings the Linen side computes for these params.
-        specs = param_specs(VIT, *vit_hf.dummy_inputs(VIT.config), mesh=mesh, rules="fsdp")
+        specs = param_specs(VIT, *VIT.config.dummy_inputs(), mesh=mesh, rules="fsdp")
         jax.tree.map(lambda v, s: np.testing.assert_equal(v.sharding, NamedSharding(mesh, s)),
                      back["params"], specs)
         assert back["params"]["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"].sharding.spec \
@@ -68,7 +67,7 @@ def test_orbax_checkpoints_cross_sides(vit_variables, tmp_path):
     checkpointer.wait_until_finished()
 
     mesh = auto_mesh()
-    shardings = param_shardings(VIT, *vit_hf.dummy_inputs(VIT.config), mesh=mesh)
+    shardings = param_shardings(VIT, *VIT.config.dummy_inputs(), mesh=mesh)
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           vit_variables, {"params": shardings})
     with jax.set_mesh(mesh):
@@ -129,9 +128,9 @@ def test_clear_errors(vit_variables):
     with pytest.raises(TypeError, match="Linen variables dict"):
         bridge.from_linen_variables(VIT, params["cls"])
     with pytest.raises(ValueError, match="example_inputs"):
-        bridge.from_linen_variables(ENCODER, {"params": {}})
+        bridge.from_linen_variables(DENSE, {"params": {}})
     with pytest.raises(ValueError, match="needs rngs"):
-        bridge.wrap(ENCODER, jnp.zeros((1, 4, 8)), rngs=None)
+        bridge.wrap(DENSE, jnp.zeros((1, 4, 8)), rngs=None)
     with pytest.raises(TypeError, match="bridged model"):
         bridge.to_linen_variables(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match="jax.sharding.Mesh"):

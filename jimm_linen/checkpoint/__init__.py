@@ -1,5 +1,5 @@
 """Checkpoints by job: `keys` (key tables, transforms, the strict load plan), `hf_files` (HF
-safetensors / `.bin` files in and out)."""
+safetensors / `.bin` files in and out), `engine` (the one load loop: read, stack, place)."""
 
 from jimm_linen.checkpoint.hf_files import (
     PROGRESS_MIN_BYTES, SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS, StateReader, progress, weight_files, write_state_dict,

@@ -91,6 +91,16 @@ class StateReader:
             return _torch_to_numpy(where[key])
         return where.get_tensor(key)
 
+    def get_region(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+        """The box `index` (one slice per dim) of one tensor, reading only that box: safetensors
+        through `get_slice`, a memory-mapped `.bin` through a view of its pages."""
+        if all(s.indices(n) == (0, n, 1) for s, n in zip(index, self.shapes[key])):
+            return self.get(key)
+        where = self._where[key]
+        if isinstance(where, dict):
+            return _torch_to_numpy(where[key][index])
+        return where.get_slice(key)[index]
+
     def close(self) -> None:
         self._stack.close()
         self._where.clear()

@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
+import jax.numpy as jnp
+
 from jimm_linen.activations import get_activation
 from jimm_linen.config_utils import check_fields
 from jimm_linen.models.vit.config import VARIANTS, ViTConfig
@@ -63,6 +65,10 @@ class TextConfig:
         if self.pooling == "eos" and self.eos_token_id is None:
             raise ValueError("pooling='eos' needs an eos_token_id")
         get_activation(self.hidden_act)
+
+    def dummy_inputs(self) -> tuple:
+        """Example inputs for `init` (and abstract inits): one text of the full length."""
+        return (jnp.zeros((1, self.max_position_embeddings), jnp.int32),)
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> "TextConfig":
@@ -125,6 +131,11 @@ _CLIP_TEXT_FIELDS = {**_TEXT_FIELDS, "initializer_range": "initializer_range"}
 _CLIP_VISION_FIELDS = {**_VISION_FIELDS, "initializer_range": "initializer_range"}
 
 
+def _image_and_text(config) -> tuple:
+    """Example inputs for `init` of a two-tower model: an image, then a text."""
+    return (*config.vision.dummy_inputs(), *config.text.dummy_inputs())
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
     """OpenAI CLIP. The towers get CLIP's structure here: class-token pooling with a
@@ -154,6 +165,7 @@ class CLIPConfig:
                 object.__setattr__(self, f, self.projection_dim)
 
     logit_bias = False
+    dummy_inputs = _image_and_text
 
     @property
     def logit_scale_init(self) -> float:
@@ -215,6 +227,7 @@ class SigLIPConfig:
     logit_bias_init: float = -10.0
 
     logit_bias = True
+    dummy_inputs = _image_and_text
 
     def __post_init__(self):
         projection = self.text.projection_size or self.text.hidden_size

@@ -180,14 +180,20 @@ class SigLIP(_ImageText):
         return sigmoid_loss(logits_per_text)
 
 
-def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Module, dict]:
-    """One tower of a CLIP / SigLIP model as its own module and variables: `tower="vision"`
-    gives the `ViT` (its `head` is CLIP's visual projection), `"text"` the `TextTransformer`.
-    The arrays are shared, not copied."""
+def tower_module(model: _ImageText, tower: str) -> tuple[str, nn.Module]:
+    """The name under which `model` keeps a tower and the tower as its own module (same dtypes,
+    attention and layout): `tower="vision"` gives the `ViT` (its `head` is CLIP's visual
+    projection), `"text"` the `TextTransformer`."""
     names = {"vision": ("img", ViT, model.config.vision), "text": ("txt", TextTransformer, model.config.text)}
     if tower not in names:
         raise ValueError(f"tower must be 'vision' or 'text', got {tower!r}")
     key, cls, config = names[tower]
-    module = cls(config, attention_fn=model.attention_fn, dtype=model.dtype, param_dtype=model.param_dtype,
-                 scan=model.scan, remat_policy=model.remat_policy)
+    return key, cls(config, attention_fn=model.attention_fn, dtype=model.dtype, param_dtype=model.param_dtype,
+                    scan=model.scan, remat_policy=model.remat_policy)
+
+
+def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Module, dict]:
+    """One tower of a CLIP / SigLIP model as its own module and variables (see `tower_module`).
+    The arrays are shared, not copied."""
+    key, module = tower_module(model, tower)
     return module, {col: tree[key] for col, tree in variables.items() if key in tree}

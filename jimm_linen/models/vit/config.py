@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
+
 from jimm_linen.activations import get_activation
 from jimm_linen.config_utils import check_fields, labels_from_hf, labels_to_hf
 
@@ -84,6 +86,10 @@ class ViTConfig:
             raise ValueError(f"id2label has {len(self.id2label)} labels, num_labels is {self.num_labels}")
         get_activation(self.hidden_act)
         get_activation(self.pooler_act)
+
+    def dummy_inputs(self) -> tuple:
+        """Example inputs for `init` (and abstract inits): one NHWC image of `image_size`."""
+        return (jnp.zeros((1, self.image_size, self.image_size, self.num_channels), jnp.float32),)
 
     @property
     def grid_size(self) -> int:

@@ -8,7 +8,6 @@ this tree almost one to one (`jimm_linen.big_vision`).
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 from jimm_linen.layers import DenseGeneral, Encoder
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.image_text.config import CLIPConfig, SigLIPConfig, TextConfig
+from jimm_linen.models.base import Model
 from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
 from jimm_linen.models.vit.model import ViT
 from jimm_linen.outputs import ImageTextOutput, TowerOutput
@@ -43,7 +43,7 @@ def check_text(input_ids, attention_mask, config: TextConfig) -> None:
                              f"got values in [{ids.min()}, {ids.max()}]")
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(Model):
     """CLIP-style text encoder: token + learned position embeddings, pre-LN blocks (causal or
     not), final LayerNorm (`Encoder_0/encoder_norm`), pooling and an optional `head`.
 
@@ -53,11 +53,6 @@ class TextTransformer(nn.Module):
     """
 
     config: TextConfig
-    attention_fn: Any = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan: bool = True
-    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, train: bool = False, return_hidden_states: bool = False):
@@ -102,22 +97,14 @@ def _normalize(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-class _ImageText(nn.Module):
+class _ImageText(Model):
     """Two towers and the learned logit scale (and bias). `encode_image` / `encode_text`
     give the unnormalised embeddings (HF's `get_image_features` / `get_text_features`) and work
     through `apply(..., method="encode_image")`."""
 
-    config: Any
-    attention_fn: Any = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan: bool = True
-    remat_policy: str = "none"
-
     def setup(self):
         cfg = self.config
-        kw = dict(attention_fn=self.attention_fn, dtype=self.dtype, param_dtype=self.param_dtype,
-                  scan=self.scan, remat_policy=self.remat_policy)
+        kw = self.runtime()
         self.img = ViT(cfg.vision, **kw)
         self.txt = TextTransformer(cfg.text, **kw)
         self.t = self.param("t", nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), (None,)),
@@ -188,6 +175,5 @@ def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Modu
     if tower not in names:
         raise ValueError(f"tower must be 'vision' or 'text', got {tower!r}")
     key, cls, config = names[tower]
-    module = cls(config, attention_fn=model.attention_fn, dtype=model.dtype, param_dtype=model.param_dtype,
-                 scan=model.scan, remat_policy=model.remat_policy)
+    module = cls(config, **model.runtime())
     return module, {col: tree[key] for col, tree in variables.items() if key in tree}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,24 +11,16 @@ from jimm_linen.layers import (
     DenseGeneral, Encoder, LayerNorm, MAPHead, PatchEmbedding, check_images, resize_position_grid,
 )
 from jimm_linen.layers.linear import default_kernel_init
+from jimm_linen.models.base import Model
 from jimm_linen.models.vit.config import ViTConfig
 from jimm_linen.outputs import TowerOutput
 
 
-class ViT(nn.Module):
-    """Vision Transformer on NHWC float images.
-
-    `apply(variables, images)` returns logits (with a head) or pooled features. `scan` stacks the
-    blocks under one `layers` axis; `remat_policy` is a name understood by
-    `jimm_linen.layers.remat_policy`. `attention_fn=None` is exact softmax attention.
-    """
+class ViT(Model):
+    """Vision Transformer on NHWC float images: `apply(variables, images)` returns logits (with a
+    head) or pooled features."""
 
     config: ViTConfig
-    attention_fn: Any = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan: bool = True
-    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, images, train: bool = False, interpolate_pos_encoding: bool = False,
@@ -62,9 +52,7 @@ class ViT(nn.Module):
         elif cfg.pooling == "mean":
             pooled = encoded.mean(axis=1)
         else:
-            pooled = MAPHead(cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_act,
-                             cfg.layer_norm_eps, attention_fn=self.attention_fn,
-                             kernel_init=kernel_init, name="MAPHead_0", **kw)(encoded)
+            pooled = MAPHead(cfg, self.attention_fn, name="MAPHead_0", **kw)(encoded)
         if cfg.pooler:
             pooled = DenseGeneral(cfg.pooler_output_size, kernel_axes=("embed", "mlp"),
                                   kernel_init=kernel_init, name="pre_logits", **kw)(pooled)

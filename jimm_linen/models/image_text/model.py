@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.layers import DenseGeneral, Encoder
+from jimm_linen.layers import Encoder
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.image_text.config import CLIPConfig, SigLIPConfig, TextConfig
 from jimm_linen.models.base import Model
 from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
 from jimm_linen.models.vit.model import ViT
-from jimm_linen.outputs import ImageTextOutput, TowerOutput
+from jimm_linen.outputs import ImageTextOutput
 
 
 def check_text(input_ids, attention_mask, config: TextConfig) -> None:
@@ -73,13 +73,8 @@ class TextTransformer(Model):
         encoded, per_layer = Encoder(cfg, self.attention_fn, self.scan, self.remat_policy, name="Encoder_0",
                                      **kw)(x, mask, not train, return_hidden_states)
         pooled = encoded[jnp.arange(encoded.shape[0]), self._pool_index(input_ids)]
-        out = pooled
-        if cfg.projection_size:
-            out = DenseGeneral(cfg.projection_size, kernel_axes=("embed", "classes"), use_bias=cfg.head_bias,
-                               kernel_init=init, name="head", **kw)(pooled)
-        if not return_hidden_states:
-            return out
-        return TowerOutput(output=out, pooled=pooled, last_hidden_state=encoded, hidden_states=(x,) + per_layer)
+        return self.tower_output(pooled, encoded, (x,) + (per_layer or ()), head=cfg.projection_size,
+                                 head_bias=cfg.head_bias, init=init, return_hidden_states=return_hidden_states)
 
     def _pool_index(self, input_ids):
         cfg = self.config

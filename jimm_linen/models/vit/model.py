@@ -13,7 +13,6 @@ from jimm_linen.layers import (
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.base import Model
 from jimm_linen.models.vit.config import ViTConfig
-from jimm_linen.outputs import TowerOutput
 
 
 class ViT(Model):
@@ -57,14 +56,9 @@ class ViT(Model):
             pooled = DenseGeneral(cfg.pooler_output_size, kernel_axes=("embed", "mlp"),
                                   kernel_init=kernel_init, name="pre_logits", **kw)(pooled)
             pooled = get_activation(cfg.pooler_act)(pooled)
-        out = pooled
-        if cfg.num_labels:
-            out = DenseGeneral(cfg.num_labels, kernel_axes=("embed", "classes"), use_bias=cfg.head_bias,
-                               kernel_init=kernel_init, name="head", **kw)(pooled)
-        if not return_hidden_states:
-            return out
-        return TowerOutput(output=out, pooled=pooled, last_hidden_state=encoded,
-                         hidden_states=(x,) + per_layer)
+        return self.tower_output(pooled, encoded, (x,) + (per_layer or ()), head=cfg.num_labels,
+                                 head_bias=cfg.head_bias, init=kernel_init,
+                                 return_hidden_states=return_hidden_states)
 
     def _position_embedding(self, gh: int, gw: int, interpolate: bool, init) -> jax.Array:
         cfg = self.config

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -143,8 +144,11 @@ def _torch_load(f: Path) -> dict:
     try:
         # mmap: tensors are paged in when read, not all at once.
         state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by what is damaged
-        raise CheckpointFileError(f"not a valid PyTorch checkpoint: {f} ({type(err).__name__}: {err})") from err
+    except Exception as err:  # torch raises RuntimeError, OSError, UnpicklingError, ... by what is damaged
+        # torch's own message for a file that is not a zip archive is about mmap, or an errno.
+        why = ("not a zip archive: truncated, damaged, or torch's pre-1.6 format, which mmap cannot read"
+               if not zipfile.is_zipfile(f) else f"{type(err).__name__}: {err}")
+        raise CheckpointFileError(f"not a valid PyTorch checkpoint: {f} ({why})") from err
     if not isinstance(state, dict):
         raise CheckpointFileError(f"not a valid PyTorch checkpoint: {f} (holds a {type(state).__name__}, not a "
                                   "state dict)")

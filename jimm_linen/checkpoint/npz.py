@@ -60,7 +60,8 @@ class NpzReader:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not zipfile.is_zipfile(self.path):
-            raise CheckpointFileError(f"not a valid .npz file: {self.path} (not a zip archive)")
+            raise CheckpointFileError(f"not a valid .npz file: {self.path} (not a zip archive: truncated, or not "
+                                      "an .npz)")
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, np.dtype] = {}
         self._members: dict[str, zipfile.ZipInfo] = {}

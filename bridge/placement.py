@@ -45,8 +45,9 @@ class Placement:
         gives an unsharded placement."""
         if rules is None:
             return cls()
-        # Tuples all the way down: a placement is static (hashed) model metadata under nnx.jit.
-        rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in get_rules(rules))
+        # get_rules gives tuples all the way down: a placement is static (hashed) model metadata
+        # under nnx.jit.
+        rules = get_rules(rules)
         mesh = mesh if mesh is not None else current_mesh()
         if mesh is not None and not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh (devices needed to place arrays), "

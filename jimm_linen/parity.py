@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,18 @@ VIT_CONFIGS: dict[str, dict[str, Any]] = {
                                     hidden_act="quick_gelu", layer_norm_eps=1e-5, num_labels=10),
 }
 
+# Tower sizes that small CLIP and SigLIP configs share (HF kwargs).
+TEXT_32 = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+VISION_48 = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+                 patch_size=4)
+
 # Small CLIP configs: projection_dim unlike either tower's width, an activation and a
 # LayerNorm eps per tower, EOS ids that are not the largest id, and the old `eos_token_id == 2`
 # configs that HF pools at the largest id.
 CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "clip-quick_gelu-eos5": dict(
-        projection_dim=24,
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=12, pad_token_id=1,
-                         bos_token_id=3, eos_token_id=5),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=16, patch_size=4)),
+        projection_dim=24, vision_config=VISION_48,
+        text_config=dict(**TEXT_32, max_position_embeddings=12, pad_token_id=1, bos_token_id=3, eos_token_id=5)),
     "clip-gelu-eos2-32px": dict(
         projection_dim=40,
         text_config=dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
@@ -52,11 +54,8 @@ CLIP_CONFIGS: dict[str, dict[str, Any]] = {
 # Small SigLIP configs: the text head projects to the image width; activations and eps per tower.
 SIGLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "siglip-tanh-16px": dict(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=10, projection_size=48,
-                         pad_token_id=1, eos_token_id=2),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=16, patch_size=4)),
+        vision_config=VISION_48,
+        text_config=dict(**TEXT_32, max_position_embeddings=10, projection_size=48, pad_token_id=1, eos_token_id=2)),
     "siglip-gelu-24px": dict(
         text_config=dict(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                          num_attention_heads=4, max_position_embeddings=7, projection_size=32,
@@ -237,26 +236,31 @@ def compare(name: str, path: str, ours, ref, ours_named: dict[str, Any], ref_nam
     )
 
 
-def _load(directory: Path, path: str):
-    """jimm's model for `directory` through one face: a function of the model inputs."""
-    if path == "linen":
-        import jimm_linen
+def load_linen(directory: Path) -> Callable[..., Any]:
+    """jimm's Linen model for `directory`, as a function of the model inputs."""
+    import jimm_linen
 
-        model, variables = jimm_linen.from_pretrained(directory)
-        return lambda *args, **kwargs: model.apply(variables, *args, **kwargs)
-    import jimm_nnx
-
-    model_type = json.loads((directory / "config.json").read_text())["model_type"]
-    cls = {"vit": jimm_nnx.VisionTransformer, "clip": jimm_nnx.CLIP, "siglip": jimm_nnx.SigLIP}[model_type]
-    return cls.from_pretrained(directory, sharding=jimm_nnx.NoSharding())
+    model, variables = jimm_linen.from_pretrained(directory)
+    return lambda *args, **kwargs: model.apply(variables, *args, **kwargs)
 
 
-RUNNERS = ("linen", "nnx")
+# A runner loads jimm's model for a checkpoint directory through one path (one face of jimm) and
+# returns it as a function of the model inputs. Here only the Linen one: `jimm_nnx.parity.RUNNERS`
+# adds "nnx" (this package does not import the NNX one).
+Runner = Callable[[Path], Callable[..., Any]]
+RUNNERS: dict[str, Runner] = {"linen": load_linen}
 
 
-def check_directory(name: str, directory: Path, paths=RUNNERS, batch: int = 2,
-                    image_size: int | None = None, seed: int = 0) -> list[ParityResult]:
-    """Run HF's model and jimm's (each path) on the same random inputs; one result per path.
+def no_progress(message: str) -> None:
+    """The default `progress`: say nothing."""
+
+
+def check_directory(name: str, directory: Path, runners: Mapping[str, Runner] = RUNNERS, batch: int = 2,
+                    image_size: int | None = None, seed: int = 0,
+                    progress: Callable[[str], None] = no_progress) -> list[ParityResult]:
+    """Run HF's model and jimm's (each of `runners`, by path name) on the same random inputs; one
+    result per path. `progress` is told each step (running the reference, loading through a
+    path, comparing) as a line of text.
     At an `image_size` other than the config's, position embeddings are interpolated and the
     rows are named `name@<size>px`. Image-text models get random token ids with padding and
     an `attention_mask` (row 0 unpadded)."""
@@ -270,6 +274,7 @@ def check_directory(name: str, directory: Path, paths=RUNNERS, batch: int = 2,
     interpolate = size != vision_cfg.image_size
     if interpolate:
         name = f"{name}@{size}px"
+    progress(f"{name}: running the HF reference (PyTorch)")
     pixels = random_images(batch, size, vision_cfg.num_channels, seed)
     images = jnp.asarray(pixels.transpose(0, 2, 3, 1))
     if hasattr(cfg, "text_config"):
@@ -286,8 +291,10 @@ def check_directory(name: str, directory: Path, paths=RUNNERS, batch: int = 2,
         def named(out):
             return out.output, {f"hidden {i}": h for i, h in enumerate(out.hidden_states)}
     results = []
-    for path in paths:
-        run = _load(directory, path)
+    for path, load in runners.items():
+        progress(f"{name}: loading through {path}")
+        run = load(directory)
+        progress(f"{name}: comparing {path} with the reference")
         ours, ours_named = named(run(*inputs, return_hidden_states=True, interpolate_pos_encoding=interpolate))
         results.append(compare(name, path, ours, ref, ours_named, ref_named))
     return results

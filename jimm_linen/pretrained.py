@@ -90,7 +90,7 @@ def read_config(directory: Path) -> tuple[Family, Any]:
     cfg_file = directory / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    hf = json.loads(cfg_file.read_text())
+    hf = ckpt.read_json(cfg_file)
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")

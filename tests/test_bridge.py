@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 import bridge
 import jimm_linen
 from jimm_linen.layers import DenseGeneral
-from jimm_linen.partitioning import param_shardings, param_specs
+from jimm_linen.partitioning import make_rules, param_shardings, param_specs
 from tests.helpers import assert_same_tree
 
 VIT = jimm_linen.ViT(jimm_linen.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -104,6 +104,21 @@ def test_wrap_any_module_on_explicit_mesh():
         for moment in (adam.mu, adam.nu):
             assert moment["kernel"].get_value().sharding == model.kernel.get_value().sharding
             assert moment["bias"].get_value().sharding == model.bias.get_value().sharding
+
+
+def test_placement_takes_extended_rules_and_refuses_unknown_names():
+    dense = DenseGeneral((2, 4), kernel_axes=("embed", "heads", "kv"))
+    x, key = jnp.zeros((8, 8)), jax.random.key(3)
+    rules = make_rules("fsdp", overrides={"embed": None}, additional_rules=[("kv", ["data"])])
+    placement = bridge.Placement.resolve(explicit_mesh(), rules)
+    assert placement.rules == rules and hash(placement)
+    with jax.set_mesh(explicit_mesh()):
+        model = bridge.wrap(dense, x, rngs=key, rules=rules)
+        assert model.kernel.get_value().sharding.spec == P(None, None, "data")
+        with pytest.raises(ValueError, match="unknown logical axis name 'kvv'"):
+            bridge.wrap(DenseGeneral((2, 4), kernel_axes=("embed", "heads", "kvv")), x, rngs=key)
+    with pytest.raises(ValueError, match="unknown logical axis name 'embd' in the rules"):
+        bridge.Placement.resolve(None, [("embd", "fsdp")])
 
 
 def test_unsharded_without_mesh_or_rules(vit_variables):

@@ -19,6 +19,11 @@ class CheckpointError(ValueError):
     """A checkpoint does not match the model; the message names every offending key."""
 
 
+class CheckpointFileError(CheckpointError):
+    """A checkpoint file cannot be read: truncated, damaged, or not the format its name says.
+    The message names the file and what is wrong with it; the reader's own error is chained."""
+
+
 # --- transforms ---------------------------------------------------------------------------
 
 Index = tuple[slice, ...]  # a box of a tensor: one `slice(start, stop)` per dim

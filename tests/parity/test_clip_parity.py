@@ -14,6 +14,7 @@ import torch
 import jimm_linen
 import jimm_nnx
 from jimm_linen import parity
+from jimm_nnx import parity as nnx_parity
 from tests.helpers import assert_close, assert_same_tree
 
 CONFIGS = {**{n: ("clip", c) for n, c in parity.CLIP_CONFIGS.items()},
@@ -177,7 +178,7 @@ def test_config_round_trips_through_transformers(reference):
 @pytest.mark.parametrize("family,name", [("clip", "clip-vit-b32"), ("siglip", "siglip-base16")])
 def test_full_size_matches_pytorch(family, name, tmp_path):
     parity.build_reference(family, parity.FULL[family][name], tmp_path, seed=0)
-    results = parity.check_directory(name, tmp_path, paths=("linen", "nnx"), batch=2)
+    results = parity.check_directory(name, tmp_path, nnx_parity.RUNNERS, batch=2)
     for r in results:
         assert r.ok, r
         assert r.argmax_agree == 1.0, r

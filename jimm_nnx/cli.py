@@ -4,45 +4,48 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` is not an HF checkpoint directory, or None when it is one."""
+    if not ckpt.exists():
+        return f"{ckpt}: no such directory"
+    if not ckpt.is_dir():
+        return f"{ckpt}: not a directory"
+    if not (ckpt / "config.json").is_file():
+        return f"{ckpt}: no config.json there (not an HF checkpoint directory)"
+    return None
+
+
 def _parity(args) -> int:
+    for problem in map(_checkpoint_problem, args.checkpoints):
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     from jimm_linen import parity
+    from jimm_nnx.parity import RUNNERS, check
 
     paths = tuple(p for p in args.paths.split(",") if p)
-    unknown = set(paths) - set(parity.RUNNERS)
+    unknown = set(paths) - set(RUNNERS)
     if unknown or not paths:
-        print(f"--paths must name some of {sorted(parity.RUNNERS)}, got {args.paths!r}", file=sys.stderr)
+        print(f"--paths must name some of {sorted(RUNNERS)}, got {args.paths!r}", file=sys.stderr)
         return 2
     if args.full and args.checkpoints:
         print("--full adds the full-size configs to the embedded defaults; it does not apply to checkpoint "
               "directories", file=sys.stderr)
         return 2
-    results = []
-    if args.checkpoints:
-        for ckpt in args.checkpoints:
-            results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch)
-            if args.image_size:
-                results += parity.check_directory(str(ckpt), Path(ckpt), paths, args.batch, args.image_size)
-    else:
-        families = [f for f in args.family.split(",") if f]
-        unknown = set(families) - set(parity.DEFAULTS)
-        if unknown or not families:
-            print(f"--family must name some of {sorted(parity.DEFAULTS)}, got {args.family!r}", file=sys.stderr)
-            return 2
-        configs = [(fam, name, cfg) for fam in families
-                   for name, cfg in {**parity.DEFAULTS[fam], **(parity.FULL[fam] if args.full else {})}.items()]
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, (fam, name, cfg) in enumerate(configs):
-                directory = Path(tmp) / name
-                model = parity.build_reference(fam, cfg, directory, seed=i)
-                results += parity.check_directory(name, directory, paths, args.batch)
-                # The same checkpoint at another resolution, through interpolate_pos_encoding.
-                vision = getattr(model.config, "vision_config", model.config)
-                other = args.image_size or vision.image_size + 2 * vision.patch_size
-                results += parity.check_directory(name, directory, paths, args.batch, other)
+    families = [f for f in args.family.split(",") if f]
+    unknown = set(families) - set(parity.DEFAULTS)
+    if not args.checkpoints and (unknown or not families):
+        print(f"--family must name some of {sorted(parity.DEFAULTS)}, got {args.family!r}", file=sys.stderr)
+        return 2
+    results = check(args.checkpoints, {p: RUNNERS[p] for p in paths}, args.batch, args.image_size, families,
+                    args.full, progress=_progress)
     print(parity.format_table(results))
     bad = [f"{r.name}/{r.path}" for r in results if not r.ok]
     if bad:
@@ -55,7 +58,9 @@ def _parity(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jimm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("parity", help="compare jimm with HF Transformers' PyTorch models")
+    p = sub.add_parser("parity", help="compare jimm with HF Transformers' PyTorch models",
+                       description="Compare jimm with HF Transformers' PyTorch models: the table on stdout, "
+                                   "one line per step on stderr while it works.")
     p.add_argument("checkpoints", nargs="*", type=Path,
                    help="HF checkpoint directories (ViT, CLIP, SigLIP); default: small random-weight reference models built here")
     p.add_argument("--paths", default="linen,nnx", help="which jimm faces to check (default: linen,nnx)")

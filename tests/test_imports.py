@@ -1,0 +1,77 @@
+"""Imports run one way: jimm_nnx -> bridge -> jimm_linen. Nothing in jimm_linen imports bridge,
+jimm_nnx or flax.nnx; nothing in bridge imports jimm_nnx. Checked twice: in a fresh interpreter
+(what importing really pulls in) and statically over every file (imports inside functions too,
+which the first check only sees once they run)."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# flax.linen itself does not import flax.nnx (flax 0.12: `import flax.linen` leaves it out of
+# sys.modules), so the fresh-interpreter check can hold jimm_linen to that strictly.
+FORBIDDEN = {"jimm_linen": ("bridge", "jimm_nnx", "flax.nnx"), "bridge": ("jimm_nnx",)}
+
+
+def _modules_after(code: str) -> list[str]:
+    """The sys.modules names of a fresh interpreter after `code`, this checkout first on the path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+                            capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def _hits(modules, forbidden) -> list[str]:
+    return sorted(m for m in modules for f in forbidden if m == f or m.startswith(f + "."))
+
+
+def test_importing_jimm_linen_leaves_out_bridge_jimm_nnx_and_flax_nnx():
+    modules = _modules_after(
+        "import flax.linen, jimm_linen, jimm_linen.parity, jimm_linen.partitioning, jimm_linen.big_vision, "
+        "jimm_linen.preprocess\n"
+        "import importlib, pkgutil\n"
+        "for m in pkgutil.walk_packages(jimm_linen.__path__, 'jimm_linen.'):\n"
+        "    importlib.import_module(m.name)")
+    assert "jimm_linen.parity" in modules and "flax.linen" in modules
+    assert _hits(modules, FORBIDDEN["jimm_linen"]) == []
+
+
+def test_importing_bridge_leaves_out_jimm_nnx():
+    modules = _modules_after("import bridge")
+    assert "bridge" in modules
+    assert _hits(modules, FORBIDDEN["bridge"]) == []
+
+
+def _imported_names(tree: ast.AST):
+    """Every module a file names in an import, anywhere in it: `import a.b`, `from a import b`
+    (as `a` and `a.b`), `importlib.import_module("a")` and `__import__("a")`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            yield node.args[0].value
+
+
+def test_no_file_imports_against_the_direction():
+    checked, wrong = 0, []
+    for package, forbidden in FORBIDDEN.items():
+        for file in sorted((ROOT / package).rglob("*.py")):
+            checked += 1
+            names = _imported_names(ast.parse(file.read_text(), str(file)))
+            wrong += [f"{file.relative_to(ROOT)} imports {m}" for m in _hits(names, forbidden)]
+    assert checked > 10 and wrong == []
+
+
+def test_the_static_check_sees_imports_inside_functions():
+    tree = ast.parse("def f():\n    import jimm_nnx.models\n    from flax import nnx\n"
+                     "    return importlib.import_module('bridge')\n")
+    assert _hits(_imported_names(tree), FORBIDDEN["jimm_linen"]) == ["bridge", "flax.nnx", "jimm_nnx.models"]

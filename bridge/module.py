@@ -12,6 +12,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, PartitionSpec
 
 from bridge.placement import Placement
+from jimm_linen.models.base import Model
 
 RngsLike = nnx.Rngs | jax.Array | int | Mapping[str, jax.Array] | None
 
@@ -184,11 +185,12 @@ class LinenModule(nnx.bridge.ToNNX):
 def _with_logical_names(module: nn.Module, variables: Mapping[str, Any], example_inputs, placement: Placement):
     """`variables` boxed with the logical names an abstract init of `module` gives them."""
     if example_inputs is None:
-        dummy_inputs = getattr(getattr(module, "config", None), "dummy_inputs", None)
-        if dummy_inputs is None:
+        # A model's config says what it takes; a block (an Encoder) reads its tower's config too,
+        # but takes other inputs.
+        if not isinstance(module, Model):
             raise ValueError(f"pass example_inputs=(...) to name the axes of a {type(module).__name__}'s "
                              f"variables (or pass variables boxed with nn.LogicallyPartitioned)")
-        example_inputs = dummy_inputs()
+        example_inputs = module.config.dummy_inputs()
     abstract = jax.eval_shape(lambda *inputs: placement.run(
         module.init, jax.random.key(0), *inputs, out_specs=PartitionSpec(), constrain_activations=False),
         *example_inputs)

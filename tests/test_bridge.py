@@ -14,13 +14,13 @@ from jax.sharding import PartitionSpec as P
 
 import bridge
 import jimm_linen
-from jimm_linen.layers import DenseGeneral
+from jimm_linen.layers import DenseGeneral, Encoder
 from jimm_linen.partitioning import make_rules, param_shardings, param_specs
 from tests.helpers import assert_same_tree
 
 VIT = jimm_linen.ViT(jimm_linen.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=48, image_size=16, patch_size=4, num_labels=5))
-DENSE = DenseGeneral(4, kernel_axes=("embed", "mlp"))  # no config saying what inputs it takes
+ENCODER = Encoder(VIT.config)  # a block, not a model: its config's dummy inputs are the ViT's
 
 
 def random_variables(module, *inputs, seed=0):
@@ -143,9 +143,9 @@ def test_clear_errors(vit_variables):
     with pytest.raises(TypeError, match="Linen variables dict"):
         bridge.from_linen_variables(VIT, params["cls"])
     with pytest.raises(ValueError, match="example_inputs"):
-        bridge.from_linen_variables(DENSE, {"params": {}})
+        bridge.from_linen_variables(ENCODER, {"params": {}})
     with pytest.raises(ValueError, match="needs rngs"):
-        bridge.wrap(DENSE, jnp.zeros((1, 4, 8)), rngs=None)
+        bridge.wrap(ENCODER, jnp.zeros((1, 4, 8)), rngs=None)
     with pytest.raises(TypeError, match="bridged model"):
         bridge.to_linen_variables(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match="jax.sharding.Mesh"):

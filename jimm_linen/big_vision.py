@@ -83,13 +83,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jimm_linen import checkpoint as ckpt
+from jimm_linen.checkpoint import engine
 from jimm_linen.checkpoint import CheckpointError, Rule, Transform, npz
 from jimm_linen.checkpoint.npz import NpzReader
-from jimm_linen.layers import scan_groups
 from jimm_linen.models.image_text import SigLIP, SigLIPConfig, TextConfig
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit.config import VARIANTS
-from jimm_linen.pretrained import FAMILIES, fresh_params, loop_shapes
 
 __all__ = ["NpzReader", "load_npz", "posemb_sincos_2d", "siglip_config", "vit_config"]
 
@@ -471,61 +470,55 @@ def load_npz(
         entries = npz.unscan(entries, encoders)
         _synthesise(entries, module, options, vit_prefix)
 
-        fam = FAMILIES["siglip" if two_towers else "vit"]
-        expected = loop_shapes(module, fam)
+        target = engine.Target.of(module, *cfg.dummy_inputs())
+        expected = target.loop_shapes
         try:
             plan = ckpt.plan_load({k: e.shape for k, e in entries.items()},
                                   _keymap(expected, entries, module, vit_prefix), expected, dont_load)
         except CheckpointError as err:
             raise CheckpointError(str(err) + _hints(entries, expected, module, vit_prefix)) from None
-        fresh = fresh_params(module, fam, plan, expected, rng)
-        if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
-            stored = {entries[src.hf_key].dtype for src in plan.values()}
-            if len(stored) == 1:
-                (kept,) = stored
-                fresh = {k: v.astype(kept) for k, v in fresh.items()}
+        if module.scan:
+            _read_stacked_whole(target, entries, plan)
+        sharding = None
+        if mesh is not None:
+            from jimm_linen.partitioning import leaf_sharding
+            sharding = leaf_sharding(mesh, rules)
         # A given module gets its own param_dtype; a built one param_dtype, or the stored dtypes.
         target_dtype = module.param_dtype if isinstance(model, (SigLIP, ViT)) else param_dtype
+        variables = engine.load(target, _EntryReader(entries), plan, rng=rng, param_dtype=target_dtype,
+                                sharding=sharding, total_bytes=reader.total_bytes)
+    return module, variables
 
-        def read(p: str) -> np.ndarray:
-            if p in fresh:
-                return fresh[p]
-            src = plan[p]
-            return src.transform.to_linen(entries[src.hf_key].read(), tuple(expected[p]))
 
-        def whole_scanned(paths: list[str]) -> Callable[[], np.ndarray] | None:
-            """The reader of the stacked tensor when these layers are exactly one scanned tensor
-            of the file, in order, unchanged."""
-            srcs = [plan.get(p) for p in paths]
-            if any(s is None or s.transform is not ckpt.IDENTITY for s in srcs):
-                return None
-            layers = [entries[s.hf_key].layer_of for s in srcs]
-            if any(x is None for x in layers) or any(r is not layers[0][0] for r, _ in layers):
-                return None
-            return layers[0][0] if [i for _, i in layers] == list(range(len(paths))) else None
+class _EntryReader:
+    """The engine's view of the file's entries. An `.npz` member is read whole (numpy cannot
+    read part of a zipped array); the one-slot cache behind the entries serves a tensor's other
+    boxes and layers from that one read."""
 
-        shardings = {}
-        if mesh is not None:
-            from jimm_linen.partitioning import param_shardings
-            shardings = ckpt.flatten_tree(param_shardings(module, *fam.dummy_inputs(cfg), mesh=mesh, rules=rules))
+    def __init__(self, entries: Mapping[str, npz.Entry]):
+        self._entries = entries
 
-        def put(p: str, value: np.ndarray):
-            if target_dtype is not None:
-                value = value.astype(target_dtype)
-            return jax.device_put(value, shardings[p]) if mesh is not None else jnp.asarray(value)
+    def dtype(self, key: str) -> np.dtype:
+        return self._entries[key].dtype
 
-        # Group by scanned leaf in both layouts, so a scanned file tensor is read once per group.
-        flat = {}
-        for leaf, paths in ckpt.progress(list(scan_groups(expected).items()), reader.total_bytes, "loading"):
-            if module.scan:
-                stacked = paths != [leaf]
-                whole = whole_scanned(paths) if stacked else None
-                if whole is not None:
-                    value = whole()
-                else:
-                    value = np.stack([read(p) for p in paths]) if stacked else read(paths[0])
-                flat[leaf] = put(leaf, value)
-            else:
-                for p in paths:
-                    flat[p] = put(p, read(p))
-    return module, {"params": ckpt.unflatten_tree(flat)}
+    def get_region(self, key: str, index) -> np.ndarray:
+        return self._entries[key].read()[index]
+
+
+def _read_stacked_whole(target: engine.Target, entries: dict[str, npz.Entry], plan: dict) -> None:
+    """Where the file stores a scanned parameter's layers as one stacked tensor, in order and
+    unchanged, the plan reads that tensor as the parameter instead of restacking its layers."""
+    for path, layers in target.layers.items():
+        if layers == [path]:
+            continue
+        sources = [plan.get(p) for p in layers]
+        if any(s is None or s.transform is not ckpt.IDENTITY for s in sources):
+            continue
+        of = [entries[s.hf_key].layer_of for s in sources]
+        if any(x is None for x in of) or any(r is not of[0][0] for r, _ in of):
+            continue
+        if [i for _, i in of] == list(range(len(layers))):
+            stacked = f"{path} (stacked)"
+            first = entries[sources[0].hf_key]
+            entries[stacked] = npz.Entry((len(layers), *first.shape), first.dtype, of[0][0])
+            plan[path] = ckpt.Source(stacked, ckpt.IDENTITY)

@@ -37,11 +37,6 @@ class Family:
     # Which configs of `module_cls` this family writes (a ViT may be an HF ViT or a CLIP tower).
     owns: Callable[[Any], bool] = lambda config: True
 
-    @staticmethod
-    def dummy_inputs(config) -> tuple:
-        # Only big_vision.load_npz still asks the family, until it runs on the load engine.
-        return config.dummy_inputs()
-
 
 def _tower(model_type: str, module_cls, keymap) -> Family:
     return Family(module_cls, keymap, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config,
@@ -96,17 +91,6 @@ def read_config(directory: Path) -> tuple[Family, Any]:
         raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")
     fam = FAMILIES[model_type]
     return fam, fam.from_hf(hf)
-
-
-def loop_shapes(model: nn.Module, fam: Family | None = None) -> dict[str, tuple[int, ...]]:
-    """Flat `path -> shape` of the model's params in the loop layout (what the key tables use)."""
-    return engine.Target.of(model, *model.config.dummy_inputs()).loop_shapes
-
-
-def fresh_params(model: nn.Module, fam: Family | None, plan, expected, rng) -> dict[str, np.ndarray]:
-    """Initialised values (loop layout) of the parameters `dont_load` kept out of the checkpoint."""
-    wanted = [k for k in expected if k not in plan]
-    return engine.fresh_values(model, model.config.dummy_inputs(), wanted, rng) if wanted else {}
 
 
 def from_pretrained(

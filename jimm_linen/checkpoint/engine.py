@@ -26,7 +26,7 @@ import numpy as np
 
 from jimm_linen.checkpoint.hf_files import progress
 from jimm_linen.checkpoint.keys import CheckpointError, Index, Source, flatten_tree, unflatten_tree
-from jimm_linen.layers.stack import unstack_paths
+from jimm_linen.layers.stack import scan_groups, unstack_paths
 
 # (logical axis names or None, shape) -> where a parameter lives.
 ShardingFn = Callable[[tuple | None, tuple[int, ...]], jax.sharding.Sharding]
@@ -135,7 +135,10 @@ def load(target: Target, reader: RegionReader, plan: Mapping[str, Source], *, rn
         return np.result_type(*(fresh[p].dtype if p in fresh else reader.dtype(plan[p].hf_key) for p in sources))
 
     flat = {}
-    for path, leaf in progress(list(target.leaves.items()), total_bytes, "loading"):
+    # A loop-layout model's layers of one parameter one after another: a file that stores them
+    # stacked (big_vision) then serves them all from one cached read.
+    order = [p for paths in scan_groups(target.leaves).values() for p in paths]
+    for path, leaf in progress([(p, target.leaves[p]) for p in order], total_bytes, "loading"):
         shape = _shape(leaf)
         if sharding is None:
             value = jax.device_put(region(path, tuple(slice(0, n) for n in shape)))

@@ -14,6 +14,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, PartitionSpec
 
 from bridge.placement import Placement
+from jimm_linen.models.base import Model
 
 RngsLike = nnx.Rngs | jax.Array | int | Mapping[str, jax.Array] | None
 
@@ -145,7 +146,7 @@ class LinenModule(nnx.bridge.ToNNX):
         `jimm_linen.from_pretrained` or an orbax restore), each placed on its sharding.
 
         Plain arrays get their logical names from an abstract `module.init` on
-        `example_inputs` (default: the model family's dummy inputs); a tree that differs
+        `example_inputs` (default: `module.config.dummy_inputs()`); a tree that differs
         from it in structure or shapes is an error naming the paths. `mesh` and `rules` (or a
         `placement`) work as in `wrap`.
         """
@@ -225,14 +226,12 @@ def _apply(module: nn.Module, placement: Placement, method, variables, streams, 
 def _with_logical_names(module: nn.Module, variables: Mapping[str, Any], example_inputs, placement: Placement):
     """`variables` boxed with the logical names an abstract init of `module` gives them."""
     if example_inputs is None:
-        from jimm_linen.pretrained import family_of  # noqa: PLC0415 - only needed here
-
-        try:
-            fam = family_of(module)
-        except TypeError:
+        # A model's config says what it takes; a block (an Encoder) reads its tower's config too,
+        # but takes other inputs.
+        if not isinstance(module, Model):
             raise ValueError(f"pass example_inputs=(...) to name the axes of a {type(module).__name__}'s "
-                             f"variables (or pass variables boxed with nn.LogicallyPartitioned)") from None
-        example_inputs = fam.dummy_inputs(module.config)
+                             f"variables (or pass variables boxed with nn.LogicallyPartitioned)")
+        example_inputs = module.config.dummy_inputs()
     abstract = jax.eval_shape(lambda *inputs: placement.run(
         module.init, jax.random.key(0), *inputs, out_specs=PartitionSpec(), constrain_activations=False),
         *example_inputs)

@@ -45,8 +45,9 @@ class Placement:
         gives an unsharded placement."""
         if rules is None:
             return cls()
-        # Tuples all the way down: a placement is static (hashed) model metadata under nnx.jit.
-        rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in get_rules(rules))
+        # get_rules gives tuples all the way down: a placement is static (hashed) model metadata
+        # under nnx.jit.
+        rules = get_rules(rules)
         mesh = mesh if mesh is not None else current_mesh()
         if mesh is not None and not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh (devices needed to place arrays), "
@@ -74,7 +75,14 @@ class Placement:
     def place(self, value: jax.Array, spec: PartitionSpec) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(value)
-        return jax.device_put(value, self.sharding(spec))
+        sharding = self.sharding(spec)
+        if isinstance(value, jax.Array) and value.sharding == sharding:
+            return value  # read straight into place (the load engine): no second copy
+        return jax.device_put(value, sharding)
+
+    def leaf_sharding(self, names: Sequence[str | None] | None, shape: Sequence[int]) -> NamedSharding:
+        """Where a parameter with logical `names` (None: none) goes: what `place` puts it on."""
+        return self.sharding(self.spec(names, shape))
 
     # -- running Linen code -----------------------------------------------------------------
 

@@ -7,17 +7,10 @@ shapes: attention kernels `(embed, heads, head_dim)` / `(heads, head_dim, embed)
 `(in, out)`, the patch convolution `(p, p, channels, embed)`. Loading is therefore a strict
 name-by-name match; the differences handled here are:
 
-- the file: keys are '/'-joined paths, optionally under `params/` (or `opt/target/`, old Flax
-  optimizer checkpoints; other top-level trees such as optimizer state are ignored, as
-  big_vision's `utils.load_params` does), bf16 stored by numpy as `V2` is read back as bf16;
-  `subtree="img"` (or `"file.npz:img"`) reads one part, e.g. a two-towers image tower as a ViT.
-- the encoder layout: a file holds `encoderblock` (scanned, leading layers axis) or
-  `encoderblock_{i}` (loop) per encoder, whatever `scan` asks for; each is converted.
-- old checkpoints (what big_vision's `vit.fix_old_checkpoints` and
-  `text_transformer.load` repair): pre-Linen module numbering (`MultiHeadDotProductAttention_1`,
-  `LayerNorm_2`, `MlpBlock_3` in one block), `Transformer/posembed_input/pos_embedding` and
-  `Transformer/pos_embedding` (moved to `pos_embedding`), a MAP head inlined at the top level
-  (`probe`, ...), and a text `Encoder_0/pos_embedding` (added to `txt/pos_embedding`).
+- the file: `.npz` key prefixes and subtrees (`subtree="img"` or `"file.npz:img"` reads one part,
+  e.g. a two-towers image tower as a ViT), bf16, the scanned or loop encoder layout (a file may
+  hold either, whatever `scan` asks for) and old checkpoint layouts are read and repaired in
+  `jimm_linen.checkpoint.npz`.
 - class-token ViTs (`pool_type="tok"`): big_vision adds `pos_embedding` `(1, N, D)` to the patches
   before prepending `cls`; jimm (like HF) prepends first and adds `(1, N + 1, D)`. A `(1, N, D)`
   table loads with a zero row for the class token (exact); an old-style `(1, N + 1, D)` table
@@ -78,10 +71,8 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import re
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,12 +83,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jimm_linen import checkpoint as ckpt
-from jimm_linen.checkpoint import CheckpointError, Rule, Transform
-from jimm_linen.layers import scan_groups
+from jimm_linen.checkpoint import engine
+from jimm_linen.checkpoint import CheckpointError, Rule, Transform, npz
+from jimm_linen.checkpoint.npz import NpzReader
 from jimm_linen.models.image_text import SigLIP, SigLIPConfig, TextConfig
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit.config import VARIANTS
-from jimm_linen.pretrained import FAMILIES, fresh_params, loop_shapes
 
 __all__ = ["NpzReader", "load_npz", "posemb_sincos_2d", "siglip_config", "vit_config"]
 
@@ -292,225 +283,9 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(np.float32)
 
 
-# --- the file -------------------------------------------------------------------------------
+# --- synthetic entries and the key table ---------------------------------------------------
 
-_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def _recover_dtype(dtype: np.dtype) -> np.dtype:
-    """numpy saves bfloat16 as 2-byte void; read it back as bfloat16."""
-    if dtype.kind == "V" and dtype.itemsize == 2 and dtype.fields is None:
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return dtype
-
-
-class NpzReader:
-    """A lazy `.npz`: `shapes` and `dtypes` from the array headers, without reading data;
-    `get(key)` reads one array. Use as a context manager."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not zipfile.is_zipfile(self.path):
-            raise CheckpointError(f"{self.path} is not an .npz (zip) file")
-        self._zip = zipfile.ZipFile(self.path)
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, np.dtype] = {}
-        self._members: dict[str, zipfile.ZipInfo] = {}
-        for info in self._zip.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            key = info.filename[:-len(".npy")]
-            with self._zip.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                if version in _HEADER_READERS:
-                    shape, _, dtype = _HEADER_READERS[version](f)
-                else:  # a header version without a public reader: read the array once
-                    f.seek(0)
-                    arr = np.lib.format.read_array(f, allow_pickle=False)
-                    shape, dtype = arr.shape, arr.dtype
-            self.shapes[key] = tuple(int(d) for d in shape)
-            self.dtypes[key] = _recover_dtype(np.dtype(dtype))
-            self._members[key] = info
-        self.total_bytes = sum(i.file_size for i in self._members.values())
-
-    def get(self, key: str) -> np.ndarray:
-        with self._zip.open(self._members[key]) as f:
-            arr = np.lib.format.read_array(f, allow_pickle=False)
-        dtype = _recover_dtype(arr.dtype)
-        return arr.view(dtype) if dtype != arr.dtype else arr
-
-    def close(self) -> None:
-        self._zip.close()
-
-    def __enter__(self) -> "NpzReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    """One tensor as the model will see it: shape, dtype, how to read it, and (for one layer
-    of a scanned tensor) how to read the whole stacked tensor and which layer this is."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    read: Callable[[], np.ndarray]
-    layer_of: tuple[Callable[[], np.ndarray], int] | None = None
-
-
-class _OneSlotCache:
-    """Keeps the last array read: the layers of a scanned tensor are read one after another."""
-
-    def __init__(self, reader: NpzReader):
-        self._reader, self._key, self._value = reader, None, None
-
-    def __call__(self, key: str) -> np.ndarray:
-        if key != self._key:
-            self._key, self._value = None, None  # drop the old array before reading the next
-            self._value, self._key = self._reader.get(key), key
-        return self._value
-
-
-def _split_path(path, subtree: str | None) -> tuple[Path, str | None]:
-    """big_vision's `file.npz:img/...` names a part of a checkpoint."""
-    p = Path(path)
-    if not p.exists():
-        m = re.fullmatch(r"(.*\.npz):([\w/]+)", str(path))
-        if m:
-            if subtree is not None:
-                raise ValueError(f"{path} names a part of the checkpoint and subtree={subtree!r} names another")
-            return Path(m.group(1)), m.group(2)
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
-    return p, subtree
-
-
-def _file_entries(reader: NpzReader, subtree: str | None, cache: _OneSlotCache) -> dict[str, _Entry]:
-    keys = list(reader.shapes)
-    for prefix in ("params/", "opt/target/"):  # as big_vision's load_params: params, then opt/target
-        if any(k.startswith(prefix) for k in keys):
-            keys = [k for k in keys if k.startswith(prefix)]
-            strip = prefix
-            break
-    else:
-        strip = ""
-    if subtree:
-        sub = strip + subtree.strip("/") + "/"
-        picked = [k for k in keys if k.startswith(sub)]
-        if not picked:
-            raise CheckpointError(f"no keys under {sub!r} in {reader.path}")
-        keys, strip = picked, sub
-    return {k[len(strip):]: _Entry(reader.shapes[k], reader.dtypes[k], functools.partial(cache, k)) for k in keys}
-
-
-# --- old checkpoints ------------------------------------------------------------------------
-
-_NUMBERED = re.compile(r"(.+)_(\d+)")
-
-
-def _renumber_pre_linen(entries: dict[str, _Entry]) -> dict[str, _Entry]:
-    """Pre-Linen Flax numbered a scope's submodules with one counter (`LayerNorm_0`,
-    `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`), Linen with one per class. A
-    scope renumbers only when it has exactly that signature: numbers 0..n-1 across classes and
-    not 0..k-1 within each class. `encoderblock_{i}` are layer indices, never renumbered."""
-    scopes: dict[str, set[str]] = {}
-    for key in entries:
-        parts = key.split("/")
-        for depth in range(len(parts) - 1):
-            scopes.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
-    renames: dict[tuple[str, str], str] = {}
-    for scope, names in scopes.items():
-        numbered = {n: m for n in names if (m := _NUMBERED.fullmatch(n)) and not n.startswith("encoderblock_")}
-        per_class: dict[str, list[int]] = {}
-        for m in numbered.values():
-            per_class.setdefault(m.group(1), []).append(int(m.group(2)))
-        linen = all(sorted(v) == list(range(len(v))) for v in per_class.values())
-        one_counter = sorted(int(m.group(2)) for m in numbered.values()) == list(range(len(numbered)))
-        if linen or not one_counter:
-            continue
-        counts: dict[str, int] = {}
-        for n in sorted(numbered, key=lambda n: int(numbered[n].group(2))):
-            cls = numbered[n].group(1)
-            renames[(scope, n)] = f"{cls}_{counts.get(cls, 0)}"
-            counts[cls] = counts.get(cls, 0) + 1
-    if not renames:
-        return entries
-    out = {}
-    for key, e in entries.items():
-        parts = key.split("/")
-        new = [renames.get(("/".join(parts[:d]), p), p) if d < len(parts) - 1 else p for d, p in enumerate(parts)]
-        out["/".join(new)] = e
-    return out
-
-
-def _move(entries: dict[str, _Entry], old: str, new: str, problems: list[str]) -> None:
-    if old in entries:
-        if new in entries:
-            problems.append(f"both {old} and {new} hold the position embeddings")
-        else:
-            entries[new] = entries.pop(old)
-
-
-def _repair_old(entries: dict[str, _Entry], vit_prefix: str, text: bool) -> dict[str, _Entry]:
-    entries = _renumber_pre_linen(entries)
-    problems: list[str] = []
-    p = vit_prefix
-    _move(entries, f"{p}Transformer/posembed_input/pos_embedding", f"{p}pos_embedding", problems)
-    _move(entries, f"{p}Transformer/pos_embedding", f"{p}pos_embedding", problems)
-    if f"{p}probe" in entries and not any(k.startswith(f"{p}MAPHead_0/") for k in entries):
-        # A MAP head inlined at the top level (ViT-G development checkpoints).
-        for part in ("probe", "MlpBlock_0/", "MultiHeadDotProductAttention_0/", "LayerNorm_0/"):
-            for k in [k for k in entries if k == p + part or (part.endswith("/") and k.startswith(p + part))]:
-                entries[f"{p}MAPHead_0/{k[len(p):]}"] = entries.pop(k)
-    extra = "txt/Encoder_0/pos_embedding"
-    if text and extra in entries:
-        # Some older text towers added a second position embedding; big_vision sums them.
-        main = entries.get("txt/pos_embedding")
-        e = entries.pop(extra)
-        if main is None or main.shape != e.shape:
-            problems.append(f"{extra} {e.shape} cannot be added to txt/pos_embedding "
-                            f"{main.shape if main else '(missing)'}")
-        else:
-            entries["txt/pos_embedding"] = _Entry(main.shape, main.dtype,
-                                                  lambda a=main.read, b=e.read: a() + b())
-    if problems:
-        raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems))
-    return entries
-
-
-# --- layout and synthetic entries -------------------------------------------------------------
-
-_SCANNED = re.compile(r"((?:.*/)?)encoderblock/(.+)")
-
-
-def _unscan(entries: dict[str, _Entry], encoders: dict[str, int]) -> dict[str, _Entry]:
-    """Scanned `encoderblock/...` tensors of the model's encoders as per-layer entries."""
-    out, problems = {}, []
-    for key, e in entries.items():
-        m = _SCANNED.fullmatch(key)
-        if not m or m.group(1) not in encoders:
-            out[key] = e
-            continue
-        n = encoders[m.group(1)]
-        if not e.shape or e.shape[0] != n:
-            problems.append(f"{key}: checkpoint {e.shape} is scanned over {e.shape[0] if e.shape else 0} layers "
-                            f"(leading axis), the model has {n}")
-            continue
-        for i in range(n):
-            out[f"{m.group(1)}encoderblock_{i}/{m.group(2)}"] = _Entry(
-                e.shape[1:], e.dtype, lambda read=e.read, i=i: read()[i], layer_of=(e.read, i))
-    if problems:
-        raise CheckpointError("checkpoint does not match the model; mis-shaped keys: " + "; ".join(problems))
-    return out
-
-
-def _constant(value: np.ndarray) -> _Entry:
-    return _Entry(value.shape, value.dtype, lambda: value)
-
-
-def _synthesise(entries: dict[str, _Entry], model: nn.Module, options: _Options, vit_prefix: str) -> None:
+def _synthesise(entries: dict[str, npz.Entry], model: nn.Module, options: _Options, vit_prefix: str) -> None:
     """Parameters big_vision does not store but jimm has: a sincos position table, an identity text head."""
     ref = entries.get(f"{vit_prefix}embedding/kernel")
     dtype = ref.dtype if ref is not None else np.dtype(np.float32)
@@ -521,7 +296,7 @@ def _synthesise(entries: dict[str, _Entry], model: nn.Module, options: _Options,
             problems.append(f"unexpected keys: [{key}] (posemb='sincos2d' computes the position embeddings)")
         else:
             v = model.config.vision if isinstance(model, SigLIP) else model.config
-            entries[key] = _constant(posemb_sincos_2d(v.grid_size, v.grid_size, v.hidden_size).astype(dtype))
+            entries[key] = npz.Entry.constant(posemb_sincos_2d(v.grid_size, v.grid_size, v.hidden_size).astype(dtype))
     if isinstance(model, SigLIP) and not options.text_head:
         heads = sorted(k for k in entries if k.startswith("txt/head/"))
         if heads:
@@ -532,8 +307,8 @@ def _synthesise(entries: dict[str, _Entry], model: nn.Module, options: _Options,
                              f"{model.config.text.projection_size} and {model.config.text.hidden_size}")
         else:
             width = model.config.text.hidden_size
-            entries["txt/head/kernel"] = _constant(np.eye(width, dtype=dtype))
-            entries["txt/head/bias"] = _constant(np.zeros((width,), dtype))
+            entries["txt/head/kernel"] = npz.Entry.constant(np.eye(width, dtype=dtype))
+            entries["txt/head/bias"] = npz.Entry.constant(np.zeros((width,), dtype))
     if problems:
         raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems))
 
@@ -553,7 +328,7 @@ class _PrependZeroRow(Transform):
         raise NotImplementedError("jimm writes HF checkpoints, not big_vision ones")
 
 
-def _keymap(expected: Mapping[str, tuple[int, ...]], entries: Mapping[str, _Entry], model: nn.Module,
+def _keymap(expected: Mapping[str, tuple[int, ...]], entries: Mapping[str, npz.Entry], model: nn.Module,
             vit_prefix: str) -> ckpt.KeyMap:
     """Identity rules (big_vision key == jimm path, loop layout), one per parameter kind."""
     v = model.config.vision if isinstance(model, SigLIP) else model.config
@@ -569,7 +344,7 @@ def _keymap(expected: Mapping[str, tuple[int, ...]], entries: Mapping[str, _Entr
     return ckpt.KeyMap(rules.values())
 
 
-def _hints(entries: Mapping[str, _Entry], expected: Mapping[str, tuple[int, ...]], model: nn.Module,
+def _hints(entries: Mapping[str, npz.Entry], expected: Mapping[str, tuple[int, ...]], model: nn.Module,
            vit_prefix: str) -> str:
     out = []
     txt = entries.get("txt/pos_embedding")
@@ -676,14 +451,13 @@ def load_npz(
     `param_dtype=None` keeps the stored dtype (bf16 stays bf16). With `mesh`, each parameter is
     placed on its sharding under `rules` when it is read.
     """
-    path, subtree = _split_path(path, subtree)
+    path, subtree = npz.split_path(path, subtree)
     with NpzReader(path) as reader:
-        cache = _OneSlotCache(reader)
-        entries = _file_entries(reader, subtree, cache)
+        entries = npz.file_entries(reader, subtree)
         two_towers = isinstance(model, (SigLIP, SigLIPConfig)) or (
             not isinstance(model, (ViT, ViTConfig)) and _is_two_towers(_as_dict(model, "model")))
         vit_prefix = "img/" if two_towers else ""
-        entries = _repair_old(entries, vit_prefix, text=two_towers)
+        entries = npz.repair_old(entries, vit_prefix, text=two_towers)
         module, options = _resolve(model, entries, image_size=image_size, text_length=text_length,
                                    num_classes=num_classes, num_channels=num_channels, posemb=posemb,
                                    text_head=text_head, scan=scan, dtype=dtype, param_dtype=param_dtype,
@@ -693,64 +467,58 @@ def load_npz(
             encoders = {"img/Transformer/": cfg.vision.num_hidden_layers, "txt/Encoder_0/": cfg.text.num_hidden_layers}
         else:
             encoders = {"Transformer/": cfg.num_hidden_layers}
-        entries = _unscan(entries, encoders)
+        entries = npz.unscan(entries, encoders)
         _synthesise(entries, module, options, vit_prefix)
 
-        fam = FAMILIES["siglip" if two_towers else "vit"]
-        expected = loop_shapes(module, fam)
+        target = engine.Target.of(module, *cfg.dummy_inputs())
+        expected = target.loop_shapes
         try:
             plan = ckpt.plan_load({k: e.shape for k, e in entries.items()},
                                   _keymap(expected, entries, module, vit_prefix), expected, dont_load)
         except CheckpointError as err:
             raise CheckpointError(str(err) + _hints(entries, expected, module, vit_prefix)) from None
-        fresh = fresh_params(module, fam, plan, expected, rng)
-        if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
-            stored = {entries[src.hf_key].dtype for src in plan.values()}
-            if len(stored) == 1:
-                (kept,) = stored
-                fresh = {k: v.astype(kept) for k, v in fresh.items()}
+        if module.scan:
+            _read_stacked_whole(target, entries, plan)
+        sharding = None
+        if mesh is not None:
+            from jimm_linen.partitioning import leaf_sharding
+            sharding = leaf_sharding(mesh, rules)
         # A given module gets its own param_dtype; a built one param_dtype, or the stored dtypes.
         target_dtype = module.param_dtype if isinstance(model, (SigLIP, ViT)) else param_dtype
+        variables = engine.load(target, _EntryReader(entries), plan, rng=rng, param_dtype=target_dtype,
+                                sharding=sharding, total_bytes=reader.total_bytes)
+    return module, variables
 
-        def read(p: str) -> np.ndarray:
-            if p in fresh:
-                return fresh[p]
-            src = plan[p]
-            return src.transform.to_linen(entries[src.hf_key].read(), tuple(expected[p]))
 
-        def whole_scanned(paths: list[str]) -> Callable[[], np.ndarray] | None:
-            """The reader of the stacked tensor when these layers are exactly one scanned tensor
-            of the file, in order, unchanged."""
-            srcs = [plan.get(p) for p in paths]
-            if any(s is None or s.transform is not ckpt.IDENTITY for s in srcs):
-                return None
-            layers = [entries[s.hf_key].layer_of for s in srcs]
-            if any(x is None for x in layers) or any(r is not layers[0][0] for r, _ in layers):
-                return None
-            return layers[0][0] if [i for _, i in layers] == list(range(len(paths))) else None
+class _EntryReader:
+    """The engine's view of the file's entries. An `.npz` member is read whole (numpy cannot
+    read part of a zipped array); the one-slot cache behind the entries serves a tensor's other
+    boxes and layers from that one read."""
 
-        shardings = {}
-        if mesh is not None:
-            from jimm_linen.partitioning import param_shardings
-            shardings = ckpt.flatten_tree(param_shardings(module, *fam.dummy_inputs(cfg), mesh=mesh, rules=rules))
+    def __init__(self, entries: Mapping[str, npz.Entry]):
+        self._entries = entries
 
-        def put(p: str, value: np.ndarray):
-            if target_dtype is not None:
-                value = value.astype(target_dtype)
-            return jax.device_put(value, shardings[p]) if mesh is not None else jnp.asarray(value)
+    def dtype(self, key: str) -> np.dtype:
+        return self._entries[key].dtype
 
-        # Group by scanned leaf in both layouts, so a scanned file tensor is read once per group.
-        flat = {}
-        for leaf, paths in ckpt.progress(list(scan_groups(expected).items()), reader.total_bytes, "loading"):
-            if module.scan:
-                stacked = paths != [leaf]
-                whole = whole_scanned(paths) if stacked else None
-                if whole is not None:
-                    value = whole()
-                else:
-                    value = np.stack([read(p) for p in paths]) if stacked else read(paths[0])
-                flat[leaf] = put(leaf, value)
-            else:
-                for p in paths:
-                    flat[p] = put(p, read(p))
-    return module, {"params": ckpt.unflatten_tree(flat)}
+    def get_region(self, key: str, index) -> np.ndarray:
+        return self._entries[key].read()[index]
+
+
+def _read_stacked_whole(target: engine.Target, entries: dict[str, npz.Entry], plan: dict) -> None:
+    """Where the file stores a scanned parameter's layers as one stacked tensor, in order and
+    unchanged, the plan reads that tensor as the parameter instead of restacking its layers."""
+    for path, layers in target.layers.items():
+        if layers == [path]:
+            continue
+        sources = [plan.get(p) for p in layers]
+        if any(s is None or s.transform is not ckpt.IDENTITY for s in sources):
+            continue
+        of = [entries[s.hf_key].layer_of for s in sources]
+        if any(x is None for x in of) or any(r is not of[0][0] for r, _ in of):
+            continue
+        if [i for _, i in of] == list(range(len(layers))):
+            stacked = f"{path} (stacked)"
+            first = entries[sources[0].hf_key]
+            entries[stacked] = npz.Entry((len(layers), *first.shape), first.dtype, of[0][0])
+            plan[path] = ckpt.Source(stacked, ckpt.IDENTITY)

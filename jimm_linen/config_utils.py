@@ -35,6 +35,13 @@ def check_fields(hf: dict[str, Any], known: set[str], model_type: str) -> None:
                          f"the same number of heads in every layer")
 
 
+def check_heads(config, what: str) -> None:
+    """Every head gets `hidden_size / num_attention_heads` dims, so they must divide."""
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"{what} hidden_size {config.hidden_size} is not divisible by "
+                         f"num_attention_heads {config.num_attention_heads}")
+
+
 def labels_from_hf(hf: dict[str, Any]) -> tuple[str, ...] | None:
     """`id2label` as a tuple in index order, or None when it only holds HF's LABEL_i defaults."""
     id2label = hf.get("id2label")

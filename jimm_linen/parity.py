@@ -30,17 +30,18 @@ VIT_CONFIGS: dict[str, dict[str, Any]] = {
                                     hidden_act="quick_gelu", layer_norm_eps=1e-5, num_labels=10),
 }
 
+# Tower sizes that small CLIP and SigLIP configs share (HF kwargs).
+TEXT_32 = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+VISION_48 = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+                 patch_size=4)
+
 # Small CLIP configs: projection_dim unlike either tower's width, an activation and a
 # LayerNorm eps per tower, EOS ids that are not the largest id, and the old `eos_token_id == 2`
 # configs that HF pools at the largest id.
 CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "clip-quick_gelu-eos5": dict(
-        projection_dim=24,
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=12, pad_token_id=1,
-                         bos_token_id=3, eos_token_id=5),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=16, patch_size=4)),
+        projection_dim=24, vision_config=VISION_48,
+        text_config=dict(**TEXT_32, max_position_embeddings=12, pad_token_id=1, bos_token_id=3, eos_token_id=5)),
     "clip-gelu-eos2-32px": dict(
         projection_dim=40,
         text_config=dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
@@ -53,11 +54,8 @@ CLIP_CONFIGS: dict[str, dict[str, Any]] = {
 # Small SigLIP configs: the text head projects to the image width; activations and eps per tower.
 SIGLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "siglip-tanh-16px": dict(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=10, projection_size=48,
-                         pad_token_id=1, eos_token_id=2),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=16, patch_size=4)),
+        vision_config=VISION_48,
+        text_config=dict(**TEXT_32, max_position_embeddings=10, projection_size=48, pad_token_id=1, eos_token_id=2)),
     "siglip-gelu-24px": dict(
         text_config=dict(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                          num_attention_heads=4, max_position_embeddings=7, projection_size=32,

@@ -12,9 +12,20 @@ every model size and mesh:
   dimension is dropped, and when none is left the rule does not apply (a later rule for that
   name may), so a non-divisible dimension is replicated instead of raising.
 
+Logical names come from one known set, `LOGICAL_NAMES` (the models' parameter, input, activation
+and KV-cache dims); a name outside it, in the names of an array placed here (a parameter, an
+input) or in a rule table, is a ValueError naming it, never a silently replicated dim (None in
+an array's names is a replicated dim). A new model with dims of its own registers them once,
+beside its definition, with `register_logical_names("frames", ...)`. Presets: `replicated`,
+`fsdp`, `tp`, `fsdp_tp`, `ep`; `make_rules("fsdp_tp", additional_rules=[("experts", "fsdp")],
+overrides={"vocab": None})` extends or overrides one (like T5X's `standard_logical_axis_rules`)
+and gives a rule table that goes wherever `rules=` is taken.
+
 Activations are constrained inside the models with `nn.with_logical_constraint`; those
 constraints act only under `activation_sharding(mesh, rules)` (no mesh: the model runs
-unsharded, the constraints are no-ops). Uneven activation shardings are fine for XLA.
+unsharded, the constraints are no-ops). Uneven activation shardings are fine for XLA. Flax
+resolves those names and replicates one without a rule, so they are checked by the tests (the
+models constrain with known names only), not at run time.
 
 Linen models compute with Auto mesh axes (under Explicit axes `with_sharding_constraint` is an
 assert and many ops need `out_sharding=`), while `jax.make_mesh` now makes Explicit axes. So
@@ -49,30 +60,117 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 Rules = tuple[tuple[str, Any], ...]
 
+# Every logical axis name, in one place, so that a misspelt name is an error instead of a
+# silently replicated dim.
+LOGICAL_NAMES: frozenset[str] = frozenset({
+    # parameters; "layers" is also the stacked axis of the KV cache
+    "layers", "embed", "mlp", "heads", "kv_heads", "kv", "vocab", "experts", "length",
+    "patch_height", "patch_width", "channels", "classes",
+    # inputs
+    "batch",
+    # activations
+    "act_batch", "act_length", "act_embed", "act_heads", "act_kv_heads", "act_kv", "act_mlp",
+    "act_vocab", "act_experts",
+    # the KV cache [layers, cache_batch, cache_length, cache_kv_heads, cache_kv] and its per-row
+    # lengths [cache_batch]: names of its own so that its layout can be changed (e.g. the length
+    # split for long contexts) without moving the activations.
+    "cache_batch", "cache_length", "cache_kv_heads", "cache_kv",
+})
+_registered_names: set[str] = set()
+
+
+def register_logical_names(*names: str) -> None:
+    """Make `names` known logical axis names (the dims of a new model), for its parameters,
+    activations and rule tables alike. Presets have no rule for them: replicated unless a rule
+    table says otherwise."""
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise ValueError(f"logical axis names must be non-empty strings, got {bad}")
+    _registered_names.update(names)
+
+
+def known_logical_names() -> frozenset[str]:
+    """`LOGICAL_NAMES` and every registered name."""
+    return LOGICAL_NAMES | _registered_names
+
+
+def _check_names(names, what: str) -> None:
+    known = known_logical_names()
+    unknown = [n for n in names if n is not None and n not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown logical axis name{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} in {what}; "
+            f"known names: {', '.join(sorted(known))}. A new model's own names are registered with "
+            f"jimm_linen.partitioning.register_logical_names(...)")
+
+
 BATCH = ("data", "fsdp")
-_ACTIVATIONS_DP: Rules = (("act_batch", BATCH), ("batch", BATCH))
-_ACTIVATIONS_TP: Rules = (("act_heads", "tensor"), ("act_mlp", "tensor"))
+_ACTIVATIONS_DP: Rules = (("act_batch", BATCH), ("batch", BATCH), ("cache_batch", BATCH))
+_ACTIVATIONS_TP: Rules = (("act_heads", "tensor"), ("act_kv_heads", "tensor"), ("act_mlp", "tensor"),
+                          ("act_vocab", "tensor"), ("cache_kv_heads", "tensor"))
+_TP: Rules = (("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
+# No preset but "ep" has a rule for `experts`: elsewhere an expert kernel [experts, embed, mlp]
+# is split like a dense one (embed over "fsdp", mlp over "tensor"); "ep" gives "tensor" to
+# whole experts instead, ahead of mlp.
+_EP: Rules = (("experts", "tensor"), ("act_experts", "tensor"))
 
 PRESETS: dict[str, Rules] = {
     # Parameters replicated; the batch split over every data-like axis.
     "replicated": _ACTIVATIONS_DP,
     # ZeRO-3 style: every big kernel split along its embed dimension over "fsdp".
     "fsdp": _ACTIVATIONS_DP + (("embed", "fsdp"),),
-    # Megatron style: heads and mlp split over "tensor", activations follow.
-    "tp": _ACTIVATIONS_DP + _ACTIVATIONS_TP + (("heads", "tensor"), ("mlp", "tensor"),
-                                              ("vocab", "tensor")),
-    "fsdp_tp": _ACTIVATIONS_DP + _ACTIVATIONS_TP + (("heads", "tensor"), ("mlp", "tensor"),
-                                                   ("vocab", "tensor"), ("embed", "fsdp")),
+    # Megatron style: heads, kv heads and mlp split over "tensor", activations and cache follow.
+    "tp": _ACTIVATIONS_DP + _ACTIVATIONS_TP + _TP,
+    "fsdp_tp": _ACTIVATIONS_DP + _ACTIVATIONS_TP + _TP + (("embed", "fsdp"),),
+    # Expert parallelism on the tensor axis, otherwise fsdp_tp.
+    "ep": _EP + _ACTIVATIONS_DP + _ACTIVATIONS_TP + _TP + (("embed", "fsdp"),),
 }
 
 
+def _mesh_axes(axes):
+    if isinstance(axes, list):
+        axes = tuple(axes)
+    if not all(isinstance(a, str) for a in _as_tuple(axes)):
+        raise ValueError(f"mesh axes must be None, a mesh axis name or a tuple of them, got {axes!r}")
+    return axes
+
+
 def get_rules(rules: str | Sequence[tuple[str, Any]]) -> Rules:
+    """A preset name or a rule sequence as a rule table of tuples; a rule for an unknown
+    logical name is an error."""
     if isinstance(rules, str):
         try:
             return PRESETS[rules]
         except KeyError:
             raise ValueError(f"unknown partitioning preset {rules!r}; presets: {sorted(PRESETS)}") from None
-    return tuple((name, axes) for name, axes in rules)
+    table = tuple((name, _mesh_axes(axes)) for name, axes in rules)
+    _check_names([name for name, _ in table], "the rules")
+    return table
+
+
+def make_rules(preset: str | Sequence[tuple[str, Any]] = "fsdp", *,
+               additional_rules: Sequence[tuple[str, Any]] = (),
+               overrides: Mapping[str, Any] | None = None) -> Rules:
+    """`preset` (a name or a rule table) extended by the caller, like T5X's
+    `standard_logical_axis_rules(additional_rules=...)`.
+
+    `additional_rules` come first, so they win (first match wins) and the preset's rules for
+    the same names become fallbacks. `overrides` maps a logical name to the mesh axes that
+    replace all of the preset's rules for it (None: replicated); the replacement keeps the
+    place of the first one, so its priority, and is appended if the preset has none.
+    """
+    overrides = dict(overrides or {})
+    _check_names(overrides, "the overrides")
+    table, placed = [], set()
+    for name, axes in get_rules(preset):
+        if name in overrides:
+            if name not in placed:
+                table.append((name, overrides[name]))
+                placed.add(name)
+        else:
+            table.append((name, axes))
+    table += [(name, axes) for name, axes in overrides.items() if name not in placed]
+    return get_rules(tuple(additional_rules) + tuple(table))
 
 
 def auto_mesh(mesh):
@@ -107,6 +205,7 @@ def logical_to_spec(names: Sequence[str | None], rules, mesh: Mesh,
     with it, mesh axes that do not divide their dimension are dropped (see the module doc).
     """
     names = tuple(names)
+    _check_names(names, f"{names}")
     if shape is not None and len(shape) != len(names):
         raise ValueError(f"{len(names)} logical names {names} for an array of shape {tuple(shape)}")
     assigned: list[tuple[str, ...] | None] = [None] * len(names)  # None: no rule applied yet
@@ -165,6 +264,17 @@ def tree_shardings(tree, mesh: Mesh, rules="fsdp"):
     amesh = auto_mesh(mesh)
     return jax.tree.map(lambda s: NamedSharding(amesh, s), tree_specs(tree, mesh, rules),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def leaf_sharding(mesh: Mesh, rules="fsdp"):
+    """`(logical names or None, shape) -> NamedSharding` for one parameter, as `tree_shardings`
+    places it (None: replicated)."""
+    amesh = auto_mesh(mesh)
+
+    def sharding(names, shape) -> NamedSharding:
+        return NamedSharding(amesh, PartitionSpec() if names is None else logical_to_spec(names, rules, mesh, shape))
+
+    return sharding
 
 
 def param_specs(module: nn.Module, *inputs, mesh: Mesh, rules="fsdp", **kwargs):

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jimm_linen import checkpoint as ckpt
-from jimm_linen.layers import scan_groups, scan_to_loop
-from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer
+from jimm_linen.checkpoint import engine
+from jimm_linen.layers import scan_to_loop
+from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer, tower_module
 from jimm_linen.models.image_text.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
 from jimm_linen.models.image_text import hf as clip_hf
 from jimm_linen.models.vit import ViT, ViTConfig
@@ -29,7 +30,6 @@ class Family:
 
     module_cls: type[nn.Module]
     keymap: Callable[[Any], ckpt.KeyMap]
-    dummy_inputs: Callable[[Any], tuple]
     from_hf: Callable[[dict], Any]  # config.json dict -> our config
     to_hf: Callable[[Any], dict] = lambda config: config.to_hf_config()
     # (config, checkpoint keys) -> config: what config.json leaves out but the weights show.
@@ -38,22 +38,20 @@ class Family:
     owns: Callable[[Any], bool] = lambda config: True
 
 
-def _tower(model_type: str, module_cls, keymap, dummy_inputs) -> Family:
-    return Family(module_cls, keymap, dummy_inputs, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config,
+def _tower(model_type: str, module_cls, keymap) -> Family:
+    return Family(module_cls, keymap, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config,
                   owns=lambda config: tower_model_type(config) == model_type)
 
 
 FAMILIES: dict[str, Family] = {
-    "vit": Family(ViT, vit_hf.keymap, vit_hf.dummy_inputs, ViTConfig.from_hf_config,
+    "vit": Family(ViT, vit_hf.keymap, ViTConfig.from_hf_config,
                   adapt_config=vit_hf.adapt_config, owns=lambda c: not c.pre_norm and c.pooling != "map"),
-    "clip": Family(CLIP, clip_hf.clip_keymap, clip_hf.dummy_inputs, CLIPConfig.from_hf_config),
-    "siglip": Family(SigLIP, clip_hf.siglip_keymap, clip_hf.dummy_inputs, SigLIPConfig.from_hf_config),
-    "clip_vision_model": _tower("clip_vision_model", ViT, clip_hf.clip_vision_keymap, clip_hf.vision_dummy_inputs),
-    "clip_text_model": _tower("clip_text_model", TextTransformer, clip_hf.clip_text_keymap, clip_hf.text_dummy_inputs),
-    "siglip_vision_model": _tower("siglip_vision_model", ViT, clip_hf.siglip_vision_keymap,
-                                  clip_hf.vision_dummy_inputs),
-    "siglip_text_model": _tower("siglip_text_model", TextTransformer, clip_hf.siglip_text_keymap,
-                                clip_hf.text_dummy_inputs),
+    "clip": Family(CLIP, clip_hf.clip_keymap, CLIPConfig.from_hf_config),
+    "siglip": Family(SigLIP, clip_hf.siglip_keymap, SigLIPConfig.from_hf_config),
+    "clip_vision_model": _tower("clip_vision_model", ViT, clip_hf.clip_vision_keymap),
+    "clip_text_model": _tower("clip_text_model", TextTransformer, clip_hf.clip_text_keymap),
+    "siglip_vision_model": _tower("siglip_vision_model", ViT, clip_hf.siglip_vision_keymap),
+    "siglip_text_model": _tower("siglip_text_model", TextTransformer, clip_hf.siglip_text_keymap),
 }
 
 
@@ -87,19 +85,12 @@ def read_config(directory: Path) -> tuple[Family, Any]:
     cfg_file = directory / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"no config.json in {directory}")
-    hf = json.loads(cfg_file.read_text())
+    hf = ckpt.read_json(cfg_file)
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")
     fam = FAMILIES[model_type]
     return fam, fam.from_hf(hf)
-
-
-def loop_shapes(model: nn.Module, fam: Family) -> dict[str, tuple[int, ...]]:
-    """Flat `path -> shape` of the model's params in the loop layout (what the key tables use)."""
-    loop = model.clone(scan=False, parent=None)
-    abstract = jax.eval_shape(lambda: loop.init(jax.random.key(0), *fam.dummy_inputs(model.config)))
-    return {k: v.shape for k, v in ckpt.flatten_tree(nn.unbox(abstract["params"])).items()}
 
 
 def from_pretrained(
@@ -114,6 +105,10 @@ def from_pretrained(
     rng: jax.Array | None = None,
     mesh: jax.sharding.Mesh | None = None,
     rules: Any = "fsdp",
+    tower: str | None = None,
+    boxed: bool = False,
+    check_finite: bool = False,
+    shardings: engine.ShardingFn | None = None,
     **config_overrides: Any,
 ) -> tuple[nn.Module, dict]:
     """Load an HF checkpoint (directory or hub id) as `(module, variables)`.
@@ -121,8 +116,15 @@ def from_pretrained(
     `param_dtype=None` keeps the stored dtype (bf16 stays bf16). `dont_load` lists regexes
     over Linen parameter paths (e.g. `["head/.*"]`) that are initialised from `rng` instead of
     read (a fine-tuning head with `num_labels=...` among `config_overrides`); every other
-    missing, unexpected or mis-shaped key is an error. With `mesh`, each parameter is placed
-    on its sharding under `rules` as soon as it is read.
+    missing, unexpected or mis-shaped key is an error. With `mesh`, each parameter is read
+    straight into its sharding under `rules`, each host reading only the slices its devices
+    hold; `shardings` (`(logical names, shape) -> Sharding`) replaces `mesh` and `rules`.
+
+    `tower="vision"` / `"text"` builds one tower of a CLIP / SigLIP checkpoint (the `ViT` or
+    `TextTransformer`, CLIP's with its projection `head`, like HF's `CLIP*ModelWithProjection`),
+    reading only that tower's tensors; a single-tower checkpoint of that tower loads as is.
+    `boxed=True` returns the arrays in their `nn.LogicallyPartitioned` boxes (logical axis
+    names). `check_finite=True` raises `CheckpointError` naming every tensor with NaN or inf.
     """
     directory = resolve_checkpoint_dir(name_or_path)
     fam, config = read_config(directory)
@@ -134,53 +136,28 @@ def from_pretrained(
             config = dataclasses.replace(config, **config_overrides)
         model = fam.module_cls(config, attention_fn=attention_fn, dtype=dtype,
                                param_dtype=param_dtype or jnp.float32, scan=scan, remat_policy=remat_policy)
-        expected = loop_shapes(model, fam)
-        plan = ckpt.plan_load(reader.shapes, fam.keymap(config), expected, dont_load)
-        fresh = fresh_params(model, fam, plan, expected, rng)
-        if param_dtype is None and fresh:  # keep the stored dtype for the fresh leaves too
-            stored = {reader.dtype(src.hf_key) for src in plan.values()}
-            if len(stored) == 1:
-                (dtype_kept,) = stored
-                fresh = {k: v.astype(dtype_kept) for k, v in fresh.items()}
-
-        def read(path: str) -> np.ndarray:
-            if path in fresh:
-                return fresh[path]
-            src = plan[path]
-            return src.transform.to_linen(reader.get(src.hf_key), tuple(expected[path]))
-
-        shardings = {}
-        if mesh is not None:
-            from jimm_linen.partitioning import param_shardings
-            shardings = ckpt.flatten_tree(
-                param_shardings(model, *fam.dummy_inputs(config), mesh=mesh, rules=rules))
-        # One target leaf at a time (a scanned leaf stacks its layers), placed on its sharding
-        # right away, so the host holds one leaf beside the memory-mapped files.
-        leaves = scan_groups(expected) if scan else {p: [p] for p in expected}
-        flat = {}
-        for path, sources in ckpt.progress(list(leaves.items()), reader.total_bytes, "loading"):
-            stacked = sources != [path]  # a scanned leaf made of its layers' parameters
-            value = np.stack([read(p) for p in sources]) if stacked else read(sources[0])
-            if param_dtype is not None:
-                value = value.astype(param_dtype)
-            flat[path] = jax.device_put(value, shardings[path]) if mesh is not None else jnp.asarray(value)
-    return model, {"params": ckpt.unflatten_tree(flat)}
+        keymap = fam.keymap(config)
+        if tower is not None:
+            model, keymap = _one_tower(directory, fam, model, keymap, tower)
+        target = engine.Target.of(model, *model.config.dummy_inputs())
+        plan = ckpt.plan_load(reader.shapes, keymap, target.loop_shapes, dont_load)
+        if shardings is None and mesh is not None:
+            from jimm_linen.partitioning import leaf_sharding
+            shardings = leaf_sharding(mesh, rules)
+        variables = engine.load(target, reader, plan, rng=rng, param_dtype=param_dtype, sharding=shardings,
+                                boxed=boxed, check_finite=check_finite, total_bytes=reader.total_bytes)
+    return model, variables
 
 
-def fresh_params(model: nn.Module, fam: Family, plan, expected, rng) -> dict[str, np.ndarray]:
-    """Initialised values for the parameters `dont_load` kept out of the checkpoint (loop
-    layout). Jitted so that only their initialisers run: XLA drops the rest of the model."""
-    wanted = [k for k in expected if k not in plan]
-    if not wanted:
-        return {}
-    loop = model.clone(scan=False, parent=None)
-
-    def init(key):
-        flat = ckpt.flatten_tree(nn.unbox(loop.init(key, *fam.dummy_inputs(model.config))["params"]))
-        return {k: flat[k] for k in wanted}
-
-    fresh = jax.jit(init)(rng if rng is not None else jax.random.key(0))
-    return {k: np.asarray(v) for k, v in fresh.items()}
+def _one_tower(directory: Path, fam: Family, model: nn.Module, keymap: ckpt.KeyMap, tower: str):
+    """The tower's module and key table; the other tower's keys are ignored, never read."""
+    if isinstance(model, (CLIP, SigLIP)):
+        key, module = tower_module(model, tower)
+        return module, keymap.subtree(f"{key}/")
+    model_type = next(name for name, f in FAMILIES.items() if f is fam)
+    if model_type.endswith(f"_{tower}_model"):
+        return model, keymap
+    raise ValueError(f"tower={tower!r}: {directory} holds a {model_type} checkpoint, which has no {tower} tower")
 
 
 def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLike,

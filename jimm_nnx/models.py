@@ -62,17 +62,24 @@ class PretrainedModel(bridge.LinenModule):
         rngs, placement = _default_rngs(rngs), resolve_sharding(sharding)
         module, variables = cls._load(name_or_path, rngs, placement, attention_fn=attention_fn, dtype=dtype,
                                       param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
-                                      **kwargs)
+                                      **cls._checkpoint_options(name_or_path), **kwargs)
         if not isinstance(module, cls.linen_cls):
             raise ValueError(f"{name_or_path} holds a {type(module).__name__}, not a {cls.linen_cls.__name__} "
                              f"(use the jimm_nnx class for its model_type)")
         return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs)
 
+    @classmethod
+    def _checkpoint_options(cls, name_or_path) -> dict[str, Any]:
+        """What this class reads from a checkpoint beyond the defaults (a tower: which one)."""
+        return {}
+
     @staticmethod
     def _load(name_or_path, rngs, placement: bridge.Placement, **kwargs: Any):
-        """`jimm_linen.from_pretrained`, each parameter read straight onto the placement."""
-        return jimm_linen.from_pretrained(name_or_path, rng=bridge.rng_streams(rngs)["params"],
-                                          mesh=placement.mesh, rules=placement.rules, **kwargs)
+        """`jimm_linen.from_pretrained`, each parameter read straight onto the placement, in its
+        logical-axis box (so the bridge needs no init and no second placement)."""
+        return jimm_linen.from_pretrained(name_or_path, rng=bridge.rng_streams(rngs)["params"], boxed=True,
+                                          shardings=placement.leaf_sharding if placement.sharded else None,
+                                          **kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any, *, rngs: RngsArg = None,
@@ -88,19 +95,26 @@ class PretrainedModel(bridge.LinenModule):
         config = cls._config(config, config_overrides)
         module = cls.linen_cls(config, attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype,
                                scan=scan, remat_policy=_remat(use_gradient_checkpointing))
-        return cls.wrap(module, *FAMILIES[cls.model_type].dummy_inputs(config), rngs=_default_rngs(rngs),
-                        placement=resolve_sharding(sharding))
+        return cls.wrap(module, *config.dummy_inputs(), rngs=_default_rngs(rngs), placement=resolve_sharding(sharding))
 
     @classmethod
     def _config(cls, config, overrides: dict[str, Any]):
         if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers config
             config = config.to_dict()
         if isinstance(config, Mapping):
-            config = cls.config_cls.from_hf_config(dict(config))
-        elif not isinstance(config, cls.config_cls):
-            raise TypeError(f"config must be an HF config dict or a {cls.config_cls.__name__}, "
-                            f"got {type(config).__name__}")
+            config = cls._from_hf(dict(config))
+        elif not cls._accepts(config):
+            raise TypeError(f"config must be an HF {cls.model_type} config dict or a {cls.config_cls.__name__} "
+                            f"for it, got {config!r:.80}")
         return dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def _from_hf(cls, hf: dict[str, Any]):
+        return cls.config_cls.from_hf_config(hf)
+
+    @classmethod
+    def _accepts(cls, config) -> bool:
+        return isinstance(config, cls.config_cls)
 
     @property
     def config(self):
@@ -178,35 +192,19 @@ class _Tower(PretrainedModel):
     tower: str = "vision"
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, attention_fn: Callable | None = None,
-                        dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                        sharding: ShardingArg = None, use_gradient_checkpointing: bool | str = False,
-                        rngs: RngsArg = None, **kwargs: Any):
-        directory = resolve_checkpoint_dir(name_or_path)
-        fam, _ = read_config(directory)
-        if fam is not FAMILIES[cls.full_cls.model_type]:
-            if fam is not FAMILIES[cls.model_type]:
-                raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
-            return super().from_pretrained(directory, attention_fn, dtype, param_dtype, sharding,
-                                           use_gradient_checkpointing, rngs, **kwargs)
-        rngs, placement = _default_rngs(rngs), resolve_sharding(sharding)
-        module, variables = cls._load(directory, rngs, placement, attention_fn=attention_fn, dtype=dtype,
-                                      param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
-                                      **kwargs)
-        module, variables = linen_clip.split_tower(module, variables, cls.tower)
-        return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs,
-                                        example_inputs=FAMILIES[cls.model_type].dummy_inputs(module.config))
+    def _checkpoint_options(cls, name_or_path) -> dict[str, Any]:
+        fam, _ = read_config(resolve_checkpoint_dir(name_or_path))
+        if fam not in (FAMILIES[cls.full_cls.model_type], FAMILIES[cls.model_type]):
+            raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
+        return {"tower": cls.tower}
 
     @classmethod
-    def _config(cls, config, overrides: dict[str, Any]):
-        if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # a transformers config
-            config = config.to_dict()
-        if isinstance(config, Mapping):
-            config = FAMILIES[cls.model_type].from_hf(dict(config))
-        elif not isinstance(config, cls.config_cls) or not FAMILIES[cls.model_type].owns(config):
-            raise TypeError(f"config must be an HF {cls.model_type} config dict or a {cls.config_cls.__name__} "
-                            f"of that tower, got {config!r:.80}")
-        return dataclasses.replace(config, **overrides) if overrides else config
+    def _from_hf(cls, hf: dict[str, Any]):
+        return FAMILIES[cls.model_type].from_hf(hf)
+
+    @classmethod
+    def _accepts(cls, config) -> bool:
+        return isinstance(config, cls.config_cls) and FAMILIES[cls.model_type].owns(config)
 
 
 class _VisionTower(_Tower, VisionTransformer):

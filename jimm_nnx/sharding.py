@@ -14,8 +14,9 @@ import bridge
 @dataclasses.dataclass(frozen=True)
 class Sharding:
     """Parameters sharded by logical-axis `rules` (a `jimm_linen.partitioning` preset:
-    "fsdp", "tp", "fsdp_tp", "replicated", or a rule list) on `mesh`. `mesh=None` takes the
-    mesh set with `jax.set_mesh` when the model is built; with no mesh, nothing is sharded."""
+    "fsdp", "tp", "fsdp_tp", "ep", "replicated", one extended with `make_rules`, or a rule
+    list) on `mesh`. `mesh=None` takes the mesh set with `jax.set_mesh` when the model is built;
+    with no mesh, nothing is sharded."""
 
     rules: str | Sequence[tuple[str, Any]] = "fsdp"
     mesh: Mesh | None = None

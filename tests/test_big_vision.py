@@ -230,6 +230,17 @@ def test_siglip_matches_hf(siglip_ref, siglip_files, layout, scan):
     check_siglip(module, variables, siglip_ref[2])
 
 
+@pytest.mark.parametrize("layout,scan", [("loop", True), ("scanned", False), ("scanned", True)])
+def test_each_file_tensor_is_read_once(siglip_files, layout, scan, monkeypatch):
+    """Scanned tensors are read once whatever the layout asked for: one stacked read when the
+    model is scanned too, one cached read for all its layers when it is not."""
+    reads = []
+    original = big_vision.NpzReader.get
+    monkeypatch.setattr(big_vision.NpzReader, "get", lambda self, key: reads.append(key) or original(self, key))
+    big_vision.load_npz(siglip_files[layout], SIGLIP_BV, scan=scan)
+    assert reads and len(reads) == len(set(reads)), sorted(k for k in set(reads) if reads.count(k) > 1)
+
+
 def test_siglip_npz_to_hf_checkpoint(siglip_ref, siglip_files, tmp_path):
     """big_vision -> jimm -> save_pretrained -> transformers.SiglipModel reproduces the reference."""
     config = big_vision.siglip_config(SIGLIP_BV, image_size=16, text_length=8)

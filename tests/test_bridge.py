@@ -15,13 +15,12 @@ from jax.sharding import PartitionSpec as P
 import bridge
 import jimm_linen
 from jimm_linen.layers import DenseGeneral, Encoder
-from jimm_linen.models.vit import hf as vit_hf
-from jimm_linen.partitioning import param_shardings, param_specs
+from jimm_linen.partitioning import make_rules, param_shardings, param_specs
 from tests.helpers import assert_same_tree
 
 VIT = jimm_linen.ViT(jimm_linen.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=48, image_size=16, patch_size=4, num_labels=5))
-ENCODER = Encoder(VIT.config)  # not a family
+ENCODER = Encoder(VIT.config)  # a block, not a model: its config's dummy inputs are the ViT's
 
 
 def random_variables(module, *inputs, seed=0):
@@ -42,7 +41,7 @@ def explicit_mesh():
 
 @pytest.fixture(scope="module")
 def vit_variables():
-    return random_variables(VIT, *vit_hf.dummy_inputs(VIT.config))
+    return random_variables(VIT, *VIT.config.dummy_inputs())
 
 
 @pytest.mark.parametrize("mesh", [None, auto_mesh, explicit_mesh], ids=["unsharded", "auto", "explicit"])
@@ -55,7 +54,7 @@ def test_linen_nnx_linen_is_lossless(vit_variables, mesh):
     assert_same_tree(nnx.to_pure_dict(nnx.state(model, nnx.Param)), vit_variables["params"])
     if mesh is not None:
         # One rule table: the very shardings the Linen side computes for these params.
-        specs = param_specs(VIT, *vit_hf.dummy_inputs(VIT.config), mesh=mesh, rules="fsdp")
+        specs = param_specs(VIT, *VIT.config.dummy_inputs(), mesh=mesh, rules="fsdp")
         jax.tree.map(lambda v, s: np.testing.assert_equal(v.sharding, NamedSharding(mesh, s)),
                      back["params"], specs)
         assert back["params"]["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"].sharding.spec \
@@ -68,7 +67,7 @@ def test_orbax_checkpoints_cross_sides(vit_variables, tmp_path):
     checkpointer.wait_until_finished()
 
     mesh = auto_mesh()
-    shardings = param_shardings(VIT, *vit_hf.dummy_inputs(VIT.config), mesh=mesh)
+    shardings = param_shardings(VIT, *VIT.config.dummy_inputs(), mesh=mesh)
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           vit_variables, {"params": shardings})
     with jax.set_mesh(mesh):
@@ -105,6 +104,21 @@ def test_wrap_any_module_on_explicit_mesh():
         for moment in (adam.mu, adam.nu):
             assert moment["kernel"].get_value().sharding == model.kernel.get_value().sharding
             assert moment["bias"].get_value().sharding == model.bias.get_value().sharding
+
+
+def test_placement_takes_extended_rules_and_refuses_unknown_names():
+    dense = DenseGeneral((2, 4), kernel_axes=("embed", "heads", "kv"))
+    x, key = jnp.zeros((8, 8)), jax.random.key(3)
+    rules = make_rules("fsdp", overrides={"embed": None}, additional_rules=[("kv", ["data"])])
+    placement = bridge.Placement.resolve(explicit_mesh(), rules)
+    assert placement.rules == rules and hash(placement)
+    with jax.set_mesh(explicit_mesh()):
+        model = bridge.wrap(dense, x, rngs=key, rules=rules)
+        assert model.kernel.get_value().sharding.spec == P(None, None, "data")
+        with pytest.raises(ValueError, match="unknown logical axis name 'kvv'"):
+            bridge.wrap(DenseGeneral((2, 4), kernel_axes=("embed", "heads", "kvv")), x, rngs=key)
+    with pytest.raises(ValueError, match="unknown logical axis name 'embd' in the rules"):
+        bridge.Placement.resolve(None, [("embd", "fsdp")])
 
 
 def test_unsharded_without_mesh_or_rules(vit_variables):

@@ -7,6 +7,7 @@ import torch
 from transformers import SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
+from jimm_linen import ViTConfig
 from jimm_linen.checkpoint import FLATTEN, IDENTITY, LinearKernel
 from jimm_linen.layers import MAPHead
 from jimm_linen.parity import perturb_
@@ -46,6 +47,8 @@ def test_map_head_matches_siglip(act, eps):
         "MlpBlock_0": {"Dense_0": {"kernel": sd["mlp.fc1.weight"].T, "bias": sd["mlp.fc1.bias"]},
                        "Dense_1": {"kernel": sd["mlp.fc2.weight"].T, "bias": sd["mlp.fc2.bias"]}},
     }
-    out = MAPHead(heads, mlp, act, eps).apply({"params": params}, jnp.asarray(x))
+    tower = ViTConfig(hidden_size=d, num_attention_heads=heads, intermediate_size=mlp, hidden_act=act,
+                      layer_norm_eps=eps, pooling="map")
+    out = MAPHead(tower).apply({"params": params}, jnp.asarray(x))
     assert out.shape == (2, d)
     assert max_rel_diff(out, expected) <= 1e-5

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import bridge
 import jimm_linen
+from jimm_linen.partitioning import make_rules
 from tests.helpers import assert_close, assert_same_tree
 from jimm_nnx import NoSharding, Sharding, VisionTransformer, make_tokamax_attention
 
@@ -106,6 +107,8 @@ def test_from_config_rejects_bad_input():
         VisionTransformer.from_config({**CONFIG, "model_type": "vit"}, sharding=object())
     with pytest.raises(ValueError, match="unknown partitioning preset"):
         VisionTransformer.from_config({**CONFIG, "model_type": "vit"}, sharding=Sharding(rules="zero"))
+    with pytest.raises(ValueError, match="unknown logical axis name 'embd' in the rules"):
+        VisionTransformer.from_config({**CONFIG, "model_type": "vit"}, sharding=Sharding(rules=[("embd", "fsdp")]))
     with pytest.raises(ValueError, match="unknown remat policy"):
         VisionTransformer.from_config({**CONFIG, "model_type": "vit"}, use_gradient_checkpointing="some")
 
@@ -138,6 +141,12 @@ KERNELS = {  # Linen path -> expected spec per case; the scanned `layers` axis s
         "MlpBlock_0/Dense_0/kernel": P(None, "fsdp", None),
         "MlpBlock_0/Dense_1/kernel": P(None, None, "fsdp"),
     },
+    "fsdp+mlp": {
+        "MultiHeadDotProductAttention_0/query/kernel": P(None, "fsdp", None, None),
+        "MultiHeadDotProductAttention_0/out/kernel": P(None, None, None, "fsdp"),
+        "MlpBlock_0/Dense_0/kernel": P(None, None, "fsdp"),
+        "MlpBlock_0/Dense_1/kernel": P(None, "fsdp", None),
+    },
     "fsdp_tp": {
         "MultiHeadDotProductAttention_0/query/kernel": P(None, "fsdp", "tensor", None),
         "MultiHeadDotProductAttention_0/out/kernel": P(None, "tensor", None, "fsdp"),
@@ -151,6 +160,9 @@ MESHES = {  # case -> (mesh, sharding= argument, rule preset it means, run a tra
     "auto-fsdp_tp": (lambda: auto_mesh((2, 2, 2), ("data", "fsdp", "tensor")), Sharding(rules="fsdp_tp"),
                      "fsdp_tp", True),
     "explicit-fsdp": (explicit_recipe_mesh, None, "fsdp", True),
+    # An extended preset goes where a preset does: mlp takes "fsdp" ahead of embed.
+    "auto-fsdp+mlp": (lambda: auto_mesh((2, 4), ("data", "fsdp")),
+                      Sharding(rules=make_rules("fsdp", additional_rules=[("mlp", "fsdp")])), "fsdp+mlp", False),
 }
 
 

@@ -388,3 +388,201 @@ def test_activation_constraints_reach_the_program(vit):
     out = model.apply({"params": params}, images)
     assert len(out.sharding.device_set) == 1
     assert max_diff(out, ref) <= 1e-5
+
+
+# --- names and extension -------------------------------------------------------------------------
+
+# The presets as they were before the decoder names and `make_rules`, written out: every vision
+# parameter, input and activation must resolve under today's presets exactly as under these.
+_OLD_DP = (("act_batch", ("data", "fsdp")), ("batch", ("data", "fsdp")))
+_OLD_TP = _OLD_DP + (("act_heads", "tensor"), ("act_mlp", "tensor"), ("heads", "tensor"), ("mlp", "tensor"),
+                     ("vocab", "tensor"))
+OLD_RULES = {"replicated": _OLD_DP, "fsdp": _OLD_DP + (("embed", "fsdp"),), "tp": _OLD_TP,
+             "fsdp_tp": _OLD_TP + (("embed", "fsdp"),)}
+# "ep" differs from fsdp_tp only on experts, which no vision model has.
+OLD_EQUIVALENT = {**{p: p for p in OLD_RULES}, "ep": "fsdp_tp"}
+
+_SIGLIP = jimm_linen.SigLIPConfig.from_variants("mu/4", image_size=16, vocab_size=64, max_position_embeddings=8)
+_CLIP = jimm_linen.CLIPConfig.from_variants("mu/4", "mu", image_size=16, vocab_size=64, max_position_embeddings=8,
+                                            projection_dim=24, eos_token_id=3)
+_IMAGES, _IDS = jnp.zeros((BATCH, 16, 16, 3)), jnp.zeros((BATCH, 8), jnp.int32)
+VISION_MODELS = {
+    "vit": (jimm_linen.ViT(CFG), (_IMAGES,)),
+    "vit_loop_map_pooler": (jimm_linen.ViT(jimm_linen.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16,
+        patch_size=4, num_labels=5, pooling="map", pooler=True), scan=False), (_IMAGES,)),
+    "clip": (jimm_linen.CLIP(_CLIP), (_IMAGES, _IDS)),
+    "siglip": (jimm_linen.SigLIP(_SIGLIP), (_IMAGES, _IDS)),
+}
+
+
+def _traced(model, inputs):
+    """The boxed abstract params of `model` and the logical names its activation constraints
+    use (recorded while `init` traces the forward pass)."""
+    seen, constrain = set(), nn.with_logical_constraint
+
+    def record(x, names, *args, **kwargs):
+        seen.add(tuple(names))
+        return constrain(x, names, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nn, "with_logical_constraint", record)
+        boxed = pt.abstract_variables(model, *inputs)["params"]
+    return boxed, seen
+
+
+def _specs_under(boxed, rules, mesh):
+    return flat(jax.tree.map(lambda b: pt.logical_to_spec(b.names, rules, mesh, b.value.shape), boxed,
+                             is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
+
+
+@pytest.fixture(scope="module")
+def traced_models():
+    return {name: _traced(model, inputs) for name, (model, inputs) in VISION_MODELS.items()}
+
+
+def test_presets_keep_every_vision_spec(traced_models):
+    for model_name, (boxed, act_names) in traced_models.items():
+        assert act_names, model_name
+        for mesh_name in MESHES:
+            mesh = make_mesh(mesh_name)
+            for preset, old in OLD_EQUIVALENT.items():
+                assert flat(pt.tree_specs(boxed, mesh, preset)) == _specs_under(boxed, OLD_RULES[old], mesh), \
+                    (model_name, mesh_name, preset)
+                for names in act_names:  # activations: Flax's resolution of the rules
+                    assert nn.logical_to_mesh_axes(names, pt.rules_for_mesh(preset, mesh)) == \
+                        nn.logical_to_mesh_axes(names, pt.rules_for_mesh(OLD_RULES[old], mesh)), (names, preset)
+                for shape in ((8, 16, 16, 3), (8, 8), (4, 8)):
+                    assert pt.data_sharding(shape, mesh, preset) == pt.data_sharding(shape, mesh, OLD_RULES[old])
+    boxed = traced_models["vit"][0]
+    specs = flat(pt.tree_specs(boxed, make_mesh("dp2_fsdp2_tp2"), "fsdp"))
+    assert specs["head/kernel"] == P("fsdp", None) and specs["embedding/bias"] == P("fsdp")
+    specs = flat(pt.tree_specs(boxed, make_mesh("dp2_fsdp2_tp2"), "ep"))
+    assert specs[MLP_IN] == P(None, "fsdp", "tensor")
+
+
+def test_every_name_the_models_use_is_known(traced_models):
+    known = pt.known_logical_names()
+    for model_name, (boxed, act_names) in traced_models.items():
+        leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+        used = {n for leaf in leaves for n in leaf.names} | {n for names in act_names for n in names}
+        assert used - {None} <= known, (model_name, used - known)
+    for preset in pt.PRESETS:
+        assert {name for name, _ in pt.PRESETS[preset]} <= known, preset
+
+
+def test_make_rules_additional_rules_win():
+    mesh = make_mesh("dp2_fsdp2_tp2")
+    assert pt.make_rules() == pt.get_rules("fsdp") == pt.PRESETS["fsdp"]
+    rules = pt.make_rules("fsdp_tp", additional_rules=[("mlp", "fsdp"), ("heads", ["data", "tensor"])])
+    assert rules == (("mlp", "fsdp"), ("heads", ("data", "tensor"))) + pt.PRESETS["fsdp_tp"]
+    # mlp takes "fsdp" before embed can; the preset's mlp -> tensor is now only a fallback.
+    assert pt.logical_to_spec(("layers", "embed", "mlp"), rules, mesh, (2, 32, 64)) == P(None, None, "fsdp")
+    assert pt.logical_to_spec(("layers", "embed", "heads", "kv"), rules, mesh, (2, 32, 4, 8)) == \
+        P(None, "fsdp", ("data", "tensor"), None)
+    assert pt.logical_to_spec(("layers", "embed", "heads", "kv"), rules, mesh, (2, 32, 2, 8)) == \
+        P(None, "fsdp", "data", None)  # 2 heads: "tensor" does not divide after "data", dropped
+    # A rule table given as the base is extended the same way.
+    assert pt.make_rules((("embed", "fsdp"),), additional_rules=[("mlp", "tensor")]) == \
+        (("mlp", "tensor"), ("embed", "fsdp"))
+
+
+def test_make_rules_overrides_replace():
+    mesh = make_mesh("dp2_fsdp2_tp2")
+    base = pt.PRESETS["fsdp_tp"]
+    rules = pt.make_rules("fsdp_tp", overrides={"embed": ("data", "fsdp"), "heads": None, "experts": "tensor"})
+    assert [name for name, _ in rules] == [name for name, _ in base] + ["experts"]  # places kept
+    assert [axes for name, axes in rules if name == "embed"] == [("data", "fsdp")]
+    assert [axes for name, axes in rules if name == "heads"] == [None]
+    assert pt.logical_to_spec(("layers", "embed", "heads", "kv"), rules, mesh, (2, 32, 4, 8)) == \
+        P(None, ("data", "fsdp"), None, None)
+    assert pt.logical_to_spec(("experts", "embed", "mlp"), rules, mesh, (4, 32, 64)) == \
+        P(None, ("data", "fsdp"), "tensor")  # rule order: mlp takes "tensor" before experts
+    # Every rule for the name goes, fallbacks too.
+    assert pt.make_rules((("embed", "fsdp"), ("mlp", "tensor"), ("embed", "data")), overrides={"embed": "tensor"}) == \
+        (("embed", "tensor"), ("mlp", "tensor"))
+
+
+def test_extended_rules_are_taken_wherever_rules_are(vit):
+    model, images, _, _ = vit
+    mesh = make_mesh("dp2_fsdp2_tp2")
+    rules = pt.make_rules("fsdp", additional_rules=[("act_mlp", "tensor")], overrides={"batch": "data"})
+    p_sh = flat(pt.param_shardings(model, images, mesh=mesh, rules=rules))
+    assert p_sh[QUERY].spec == P(None, "fsdp", None, None)
+    assert pt.data_sharding(images.shape, mesh, rules).spec == P("data", None, None, None)
+    with pt.activation_sharding(mesh, rules):
+        assert nn.logical_to_mesh_axes(("act_batch", "act_length", "act_mlp")) == P(("data", "fsdp"), None, "tensor")
+
+
+def test_unknown_names_are_errors():
+    mesh = make_mesh("dp2_fsdp2_tp2")
+    with pytest.raises(ValueError, match=r"name 'mpl' in \('embed', 'mpl'\); known names: .*embed"):
+        pt.logical_to_spec(("embed", "mpl"), "fsdp", mesh)
+
+    class Frames(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return x * self.param("w", nn.with_logical_partitioning(nn.initializers.ones_init(), ("frames", "embed")),
+                                  (4, 8))
+
+    x = jnp.zeros((2, 4, 8))
+    with pytest.raises(ValueError, match="unknown logical axis name 'frames'"):  # a parameter
+        pt.param_shardings(Frames(), x, mesh=mesh, rules="fsdp")
+    with pytest.raises(ValueError, match="unknown logical axis name 'act_btach'"):  # an input / output
+        pt.data_sharding((8, 3), mesh, "fsdp", names=("act_btach", None))
+    # Rule tables: given directly, as additions, as overrides.
+    for bad in ([("embd", "fsdp")], (("embed", "fsdp"), ("act_embd", "tensor"))):
+        with pytest.raises(ValueError, match="unknown logical axis name '(act_)?embd' in the rules"):
+            pt.get_rules(bad)
+        with pytest.raises(ValueError, match="unknown logical axis name"):
+            pt.param_shardings(jimm_linen.ViT(CFG), _IMAGES, mesh=mesh, rules=bad)
+        with pytest.raises(ValueError, match="unknown logical axis name"), pt.activation_sharding(mesh, bad):
+            pass
+    with pytest.raises(ValueError, match="unknown logical axis name 'embd' in the rules"):
+        pt.make_rules("fsdp", additional_rules=[("embd", "fsdp")])
+    with pytest.raises(ValueError, match="unknown logical axis name 'embd' in the overrides"):
+        pt.make_rules("fsdp", overrides={"embd": "fsdp"})
+    with pytest.raises(ValueError, match="mesh axes must be"):
+        pt.get_rules([("embed", 2)])
+    # None is a replicated dim, not a name.
+    assert pt.logical_to_spec((None, "embed"), "fsdp", mesh, (3, 8)) == P(None, "fsdp")
+
+
+def test_registered_names_work(monkeypatch):
+    monkeypatch.setattr(pt, "_registered_names", set())  # registrations stay in this test
+    mesh = make_mesh("dp2_fsdp2_tp2")
+    with pytest.raises(ValueError, match="register_logical_names"):
+        pt.logical_to_spec(("frames", "embed"), "fsdp", mesh, (4, 8))
+    pt.register_logical_names("frames", "act_frames")
+    assert {"frames", "act_frames"} <= pt.known_logical_names()
+    assert pt.logical_to_spec(("frames", "embed"), "fsdp", mesh, (4, 8)) == P(None, "fsdp")
+    rules = pt.make_rules("fsdp", additional_rules=[("frames", "tensor")])
+    assert pt.logical_to_spec(("frames", "embed"), rules, mesh, (4, 8)) == P("tensor", "fsdp")
+    for bad in ("", 3):
+        with pytest.raises(ValueError, match="non-empty strings"):
+            pt.register_logical_names(bad)
+
+
+def test_decoder_names_resolve():
+    mesh = make_mesh("dp2_fsdp2_tp2")
+    dp = ("data", "fsdp")
+    assert pt.logical_to_spec(("layers", "embed", "kv_heads", "kv"), "tp", mesh, (2, 32, 2, 8)) == \
+        P(None, None, "tensor", None)
+    assert pt.logical_to_spec(("layers", "embed", "kv_heads", "kv"), "fsdp_tp", mesh, (2, 32, 2, 8)) == \
+        P(None, "fsdp", "tensor", None)
+    # One kv head (MQA) does not divide: replicated.
+    assert pt.logical_to_spec(("layers", "embed", "kv_heads", "kv"), "tp", mesh, (2, 32, 1, 8)) == \
+        P(None, None, None, None)
+    assert pt.logical_to_spec(("act_batch", "act_length", "act_kv_heads", "act_kv"), "tp", mesh) == \
+        P(dp, None, "tensor", None)
+    cache = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_kv")
+    assert pt.logical_to_spec(cache, "tp", mesh, (2, 8, 16, 2, 8)) == P(None, dp, None, "tensor", None)
+    assert pt.logical_to_spec(cache, "fsdp", mesh, (2, 8, 16, 2, 8)) == P(None, dp, None, None, None)
+    assert pt.logical_to_spec(("cache_batch",), "replicated", mesh, (8,)) == P(dp)
+    assert pt.logical_to_spec(("act_batch", "act_length", "act_vocab"), "tp", mesh) == P(dp, None, "tensor")
+    # Experts: split like dense kernels, except under "ep", where whole experts go over "tensor".
+    experts = ("experts", "embed", "mlp")
+    assert pt.logical_to_spec(experts, "fsdp_tp", mesh, (4, 32, 64)) == P(None, "fsdp", "tensor")
+    assert pt.logical_to_spec(experts, "ep", mesh, (4, 32, 64)) == P("tensor", "fsdp", None)
+    assert pt.logical_to_spec(("embed", "experts"), "ep", mesh, (32, 4)) == P("fsdp", "tensor")
+    assert pt.logical_to_spec(("act_experts", "act_length", "act_embed"), "ep", mesh) == P("tensor", None, None)

@@ -7,12 +7,13 @@ import contextlib
 import json
 import os
 import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from jimm_linen.checkpoint.keys import CheckpointError
+from jimm_linen.checkpoint.keys import CheckpointError, CheckpointFileError
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -37,12 +38,31 @@ def _torch_to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file (`config.json`, a shard index), or `CheckpointFileError` naming it."""
+    try:
+        value = json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise CheckpointFileError(f"invalid JSON in {path}: line {err.lineno} column {err.colno}: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise CheckpointFileError(f"invalid JSON in {path}: not text ({err.reason} at byte {err.start})") from err
+    if not isinstance(value, dict):
+        raise CheckpointFileError(f"invalid JSON in {path}: expected an object, got {type(value).__name__}")
+    return value
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The weight files of an HF checkpoint directory, safetensors preferred."""
     for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (TORCH_WEIGHTS, TORCH_INDEX)):
         if (directory / index).exists():
-            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
-            return [directory / s for s in shards]
+            weight_map = read_json(directory / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+                raise CheckpointFileError(f"invalid shard index {directory / index}: no weight_map of key -> file name")
+            shards = [directory / s for s in sorted(set(weight_map.values()))]
+            missing = [str(f) for f in shards if not f.is_file()]
+            if missing:
+                raise CheckpointFileError(f"missing shard file(s) {', '.join(missing)}, named in {directory / index}")
+            return shards
         if (directory / single).exists():
             return [directory / single]
     raise FileNotFoundError(
@@ -60,20 +80,26 @@ class StateReader:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._where: dict[str, object] = {}
         self._stack = contextlib.ExitStack()
-        for f in self.files:
-            if f.suffix == ".safetensors":
-                from safetensors import safe_open
-                handle = self._stack.enter_context(safe_open(f, framework="np"))
-                for key in handle.keys():
-                    self._claim(key, f)
-                    self.shapes[key] = tuple(handle.get_slice(key).get_shape())
-                    self._where[key] = handle
-            else:
-                state = _torch_load(f)
-                for key, tensor in state.items():
-                    self._claim(key, f)
-                    self.shapes[key] = tuple(tensor.shape)
-                    self._where[key] = state
+        try:
+            for f in self.files:
+                self._index(f)
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self, f: Path) -> None:
+        if f.suffix == ".safetensors":
+            handle = self._stack.enter_context(_safe_open(f))
+            for key in handle.keys():
+                self._claim(key, f)
+                self.shapes[key] = tuple(handle.get_slice(key).get_shape())
+                self._where[key] = handle
+        else:
+            state = _torch_load(f)
+            for key, tensor in state.items():
+                self._claim(key, f)
+                self.shapes[key] = tuple(tensor.shape)
+                self._where[key] = state
 
     def _claim(self, key: str, f: Path) -> None:
         if key in self.shapes:
@@ -91,6 +117,16 @@ class StateReader:
             return _torch_to_numpy(where[key])
         return where.get_tensor(key)
 
+    def get_region(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+        """The box `index` (one slice per dim) of one tensor, reading only that box: safetensors
+        through `get_slice`, a memory-mapped `.bin` through a view of its pages."""
+        if all(s.indices(n) == (0, n, 1) for s, n in zip(index, self.shapes[key])):
+            return self.get(key)
+        where = self._where[key]
+        if isinstance(where, dict):
+            return _torch_to_numpy(where[key][index])
+        return where.get_slice(key)[index]
+
     def close(self) -> None:
         self._stack.close()
         self._where.clear()
@@ -102,13 +138,31 @@ class StateReader:
         self.close()
 
 
+def _safe_open(f: Path):
+    from safetensors import SafetensorError, safe_open
+    try:
+        return safe_open(f, framework="np")
+    except SafetensorError as err:  # safetensors checks the header and the file size here
+        raise CheckpointFileError(f"not a valid safetensors file: {f} ({err})") from err
+
+
 def _torch_load(f: Path) -> dict:
     try:
         import torch
     except ImportError:
         raise ImportError(f"{f} is a PyTorch checkpoint; reading it needs torch installed") from None
-    # mmap: tensors are paged in when read, not all at once.
-    return torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        # mmap: tensors are paged in when read, not all at once.
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, OSError, UnpicklingError, ... by what is damaged
+        # torch's own message for a file that is not a zip archive is about mmap, or an errno.
+        why = ("not a zip archive: truncated, damaged, or torch's pre-1.6 format, which mmap cannot read"
+               if not zipfile.is_zipfile(f) else f"{type(err).__name__}: {err}")
+        raise CheckpointFileError(f"not a valid PyTorch checkpoint: {f} ({why})") from err
+    if not isinstance(state, dict):
+        raise CheckpointFileError(f"not a valid PyTorch checkpoint: {f} (holds a {type(state).__name__}, not a "
+                                  "state dict)")
+    return state
 
 
 def write_state_dict(state: Mapping[str, np.ndarray], directory: str | os.PathLike,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +19,15 @@ class CheckpointError(ValueError):
     """A checkpoint does not match the model; the message names every offending key."""
 
 
+class CheckpointFileError(CheckpointError):
+    """A checkpoint file cannot be read: truncated, damaged, or not the format its name says.
+    The message names the file and what is wrong with it; the reader's own error is chained."""
+
+
 # --- transforms ---------------------------------------------------------------------------
+
+Index = tuple[slice, ...]  # a box of a tensor: one `slice(start, stop)` per dim
+
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
@@ -34,6 +42,26 @@ class Transform:
     def to_hf(self, y: np.ndarray) -> np.ndarray:
         return y
 
+    def perm(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """`perm` such that the Linen tensor is `hf.transpose(perm).reshape(shape)`, or None
+        when it is not of that form."""
+        # A subclass that converts with its own `to_linen` and says nothing here is not known
+        # to be a transpose and reshape; its tensors are read whole.
+        return tuple(range(len(shape))) if type(self).to_linen is Transform.to_linen else None
+
+    def read_region(self, read: Callable[[Index], np.ndarray], shape: tuple[int, ...],
+                    index: Index) -> np.ndarray:
+        """The box `index` (concrete `slice(start, stop)`s) of the Linen tensor of `shape`,
+        reading the HF tensor only through `read(hf_index)`: just the block that covers the
+        box where the transform is a transpose and reshape, the whole tensor otherwise."""
+        hf_shape = self.hf_shape(tuple(shape))
+        perm = self.perm(tuple(shape))
+        groups = None if perm is None else _split_dims(tuple(hf_shape[p] for p in perm), tuple(shape))
+        if groups is None:
+            whole = tuple(slice(0, d) for d in hf_shape)
+            return np.ascontiguousarray(self.to_linen(read(whole), tuple(shape))[index])
+        return _read_split(read, perm, groups, tuple(shape), index)
+
 
 @dataclasses.dataclass(frozen=True)
 class Flatten(Transform):
@@ -47,6 +75,9 @@ class Flatten(Transform):
 
     def to_hf(self, y):
         return y.reshape(-1)
+
+    def perm(self, shape):
+        return (0,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +101,9 @@ class LinearKernel(Transform):
         n_in, n_out = self._split(y.shape)
         return np.ascontiguousarray(y.reshape(n_in, n_out).T)
 
+    def perm(self, shape):
+        return (1, 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class ConvKernel(Transform):
@@ -84,6 +118,9 @@ class ConvKernel(Transform):
 
     def to_hf(self, y):
         return np.ascontiguousarray(y.transpose(3, 2, 0, 1))
+
+    def perm(self, shape):
+        return (2, 3, 1, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +140,9 @@ class DropLeading(Transform):
 
     def to_hf(self, y):
         return y.reshape(y.shape[self.n:])
+
+    def perm(self, shape):
+        return tuple(range(len(shape) - self.n))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +165,57 @@ class Fused(Transform):
 
     def to_hf(self, y):
         return self.inner.to_hf(y)
+
+    def read_region(self, read, shape, index):
+        offset = self.part * self.inner.hf_shape(tuple(shape))[0]
+
+        def read_part(hf_index):
+            rows = hf_index[0]
+            return read((slice(rows.start + offset, rows.stop + offset), *hf_index[1:]))
+
+        return self.inner.read_region(read_part, shape, index)
+
+
+def _split_dims(t_shape: tuple[int, ...], shape: tuple[int, ...]) -> list[list[int]] | None:
+    """For a row-major reshape of `t_shape` into `shape`: the consecutive dims of `shape` each
+    dim of `t_shape` splits into (a size-1 dim may get none; trailing size-1 dims of `shape`
+    join the last group), or None if the reshape also merges dims."""
+    groups, d = [], 0
+    for size in t_shape:
+        group, prod = [], 1
+        while d < len(shape) and prod < size:
+            prod *= shape[d]
+            group.append(d)
+            d += 1
+        if prod != size:
+            return None
+        groups.append(group)
+    rest = list(range(d, len(shape)))
+    if any(shape[i] != 1 for i in rest) or (rest and not groups):
+        return None
+    if rest:
+        groups[-1] += rest
+    return groups
+
+
+def _read_split(read, perm, groups, shape, index) -> np.ndarray:
+    """`read_region` for `hf.transpose(perm).reshape(shape)`: for each HF dim, the rows its
+    group's leading Linen dim covers (exact when only that dim is sliced, which is how the
+    kernels shard: heads lead their `(heads, kv)` group), then the box within them."""
+    hf_index: list[slice] = [slice(0, 1)] * len(perm)
+    block_shape, local = [], []
+    for j, group in enumerate(groups):
+        if not group:
+            continue  # a size-1 HF dim no Linen dim comes from
+        # Size-1 dims in front (DropLeading's) do not lead: the first real dim does.
+        k = next((i for i, d in enumerate(group) if shape[d] != 1), len(group) - 1)
+        lead, rest = index[group[k]], [shape[d] for d in group[k + 1:]]
+        inner = math.prod(rest)
+        hf_index[perm[j]] = slice(lead.start * inner, lead.stop * inner)
+        block_shape += [1] * k + [lead.stop - lead.start, *rest]
+        local += [slice(0, 1)] * k + [slice(0, lead.stop - lead.start), *(index[d] for d in group[k + 1:])]
+    block = read(tuple(hf_index)).transpose(perm).reshape(block_shape)
+    return np.ascontiguousarray(block[tuple(local)])
 
 
 IDENTITY = Transform()
@@ -176,10 +267,20 @@ class KeyMap:
     `transformers` versions saved, such as `position_ids`); reading skips them."""
 
     def __init__(self, rules: Iterable[Rule], aliases: Iterable[Rule] = (), ignore: Iterable[str] = ()):
-        self.rules = tuple(rules)
-        self._hf = [(_template_regex(r.hf), r) for r in (*self.rules, *aliases)]
+        self.rules, self.aliases = tuple(rules), tuple(aliases)
+        self._hf = [(_template_regex(r.hf), r) for r in (*self.rules, *self.aliases)]
         self._linen = [(_template_regex(r.linen), r) for r in self.rules]
         self._ignore = [re.compile(p) for p in ignore]
+
+    def subtree(self, prefix: str) -> "KeyMap":
+        """The table of the parameters under the Linen path `prefix` (e.g. `"img/"`), with
+        `prefix` taken off their paths; the HF keys of every other parameter are ignored."""
+        def strip(rules):
+            return [dataclasses.replace(r, linen=r.linen[len(prefix):]) for r in rules if r.linen.startswith(prefix)]
+
+        others = [_template_regex(r.hf).pattern for r in (*self.rules, *self.aliases)
+                  if not r.linen.startswith(prefix)]
+        return KeyMap(strip(self.rules), strip(self.aliases), [*(p.pattern for p in self._ignore), *others])
 
     def ignored(self, hf_key: str) -> bool:
         return any(p.fullmatch(hf_key) for p in self._ignore)

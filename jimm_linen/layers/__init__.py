@@ -8,11 +8,13 @@ from jimm_linen.layers.linear import DenseGeneral
 from jimm_linen.layers.mlp import MlpBlock
 from jimm_linen.layers.norm import LayerNorm
 from jimm_linen.layers.pooling import MAPHead
-from jimm_linen.layers.stack import BLOCK_NAMES, loop_to_scan, remat_policy, scan_groups, scan_to_loop, stack
+from jimm_linen.layers.stack import (
+    BLOCK_NAMES, loop_to_scan, remat_policy, scan_groups, scan_to_loop, stack, unstack_paths,
+)
 
 __all__ = [
     "BLOCK_NAMES", "DenseGeneral", "Encoder", "EncoderBlock", "LayerNorm", "MAPHead", "MlpBlock",
     "MultiHeadAttention", "PatchEmbedding", "check_images", "dot_product_attention", "loop_to_scan",
     "make_tokamax_attention", "remat_policy", "resize_position_grid", "scan_groups", "scan_to_loop", "stack",
-    "torch_bicubic_matrix",
+    "torch_bicubic_matrix", "unstack_paths",
 ]

@@ -14,34 +14,27 @@ from jimm_linen.layers.mlp import MlpBlock
 
 
 class MAPHead(nn.Module):
-    """A learned probe attends over the tokens, then a residual MLP; returns `[B, D]`."""
+    """A learned probe attends over the tokens, then a residual MLP; returns `[B, D]`. Sizes
+    come from the tower config: `num_attention_heads`, `intermediate_size`, `hidden_act`,
+    `layer_norm_eps`, `initializer_range`."""
 
-    num_heads: int
-    mlp_dim: int
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
+    config: Any
     attention_fn: Any = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    kernel_init: Any = None
 
     @nn.compact
     def __call__(self, x):
+        cfg = self.config
         b, _, d = x.shape
-        probe = self.param(
-            "probe", nn.with_logical_partitioning(self.kernel_init or default_kernel_init(),
-                                                  (None, None, "embed")),
-            (1, 1, d), self.param_dtype,
-        )
+        init = default_kernel_init(cfg.initializer_range)
+        probe = self.param("probe", nn.with_logical_partitioning(init, (None, None, "embed")), (1, 1, d),
+                           self.param_dtype)
         probe = jnp.broadcast_to(probe.astype(self.dtype or x.dtype), (b, 1, d))
-        x = MultiHeadAttention(
-            num_heads=self.num_heads, head_dim=d // self.num_heads, attention_fn=self.attention_fn,
-            dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-            name="MultiHeadDotProductAttention_0",
-        )(probe, x)
-        y = LayerNorm(self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name="LayerNorm_0")(x)
-        x = x + MlpBlock(self.mlp_dim, self.hidden_act, dtype=self.dtype,
-                         param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                         name="MlpBlock_0")(y)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        heads = cfg.num_attention_heads
+        x = MultiHeadAttention(num_heads=heads, head_dim=d // heads, attention_fn=self.attention_fn,
+                               kernel_init=init, name="MultiHeadDotProductAttention_0", **kw)(probe, x)
+        y = LayerNorm(cfg.layer_norm_eps, name="LayerNorm_0", **kw)(x)
+        x = x + MlpBlock(cfg.intermediate_size, cfg.hidden_act, kernel_init=init, name="MlpBlock_0", **kw)(y)
         return x[:, 0]

@@ -9,7 +9,7 @@ the two layouts for every stacked block name in `BLOCK_NAMES`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -114,6 +114,14 @@ def scan_groups(loop_paths, names: Collection[str] = BLOCK_NAMES) -> dict[str, l
         key = loop_path.sub(r"\1\2/", p) if m else p
         groups.setdefault(key, {})[int(m.group(3)) if m else -1] = p
     return {k: [v[i] for i in sorted(v)] for k, v in groups.items()}
+
+
+def unstack_paths(shapes: Mapping[str, Sequence[int]], names: Collection[str] = BLOCK_NAMES) -> dict[str, list[str]]:
+    """The inverse of `scan_groups`: for flat paths in the scan layout and their shapes, the loop
+    paths each one stacks along its leading axis, in layer order (others map to themselves)."""
+    scanned = re.compile(rf"(^|/)({'|'.join(re.escape(n) for n in names)})/")
+    return {p: [scanned.sub(rf"\g<1>\g<2>_{i}/", p, count=1) for i in range(shape[0])] if scanned.search(p) else [p]
+            for p, shape in shapes.items()}
 
 
 def _check_unboxed(tree) -> None:

@@ -34,7 +34,8 @@ import numpy as np
 import pytest
 
 import jimm_linen
-from jimm_linen.parity import perturb_
+from jimm_linen.parity import CLIP_CONFIGS as CLIP
+from jimm_linen.parity import VISION_48, perturb_
 from tests import legacy_flax
 from tests.helpers import bound
 
@@ -50,22 +51,15 @@ CASES = {
     "quick_gelu-eos5-padded": dict(
         config=dict(
             projection_dim=24,
-            text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                             num_attention_heads=4, max_position_embeddings=12, hidden_act="quick_gelu",
-                             layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=3, eos_token_id=5),
-            vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=16, patch_size=4, hidden_act="quick_gelu", layer_norm_eps=1e-5)),
+            text_config=dict(**CLIP["clip-quick_gelu-eos5"]["text_config"], hidden_act="quick_gelu", layer_norm_eps=1e-5),
+            vision_config=dict(**VISION_48, hidden_act="quick_gelu", layer_norm_eps=1e-5)),
         images=2, length=9, rows=[(8, None), (5, "pad"), (3, "eos")], mask=True),
     # The old `eos_token_id == 2` configs: pooled at the largest id (not at the EOS); text as long
     # as max_position_embeddings; a different activation and eps per tower; more images than texts.
     "gelu-eos2-largest_id-32px": dict(
         config=dict(
-            projection_dim=40,
-            text_config=dict(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=3, max_position_embeddings=9, hidden_act="gelu",
-                             layer_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2),
-            vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
-                               image_size=32, patch_size=8, hidden_act="gelu_new", layer_norm_eps=1e-12)),
+            projection_dim=40, text_config=CLIP["clip-gelu-eos2-32px"]["text_config"],
+            vision_config={**CLIP["clip-gelu-eos2-32px"]["vision_config"], "layer_norm_eps": 1e-12}),
         images=3, length=9, rows=[(6, "pad"), (8, None)], mask=True),
     # No attention_mask at all; a second EOS later in a row (the first one pools) and a row with
     # no EOS (position 0); gelu_new text, one image.

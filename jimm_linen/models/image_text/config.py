@@ -11,8 +11,10 @@ import dataclasses
 import math
 from typing import Any
 
+import jax.numpy as jnp
+
 from jimm_linen.activations import get_activation
-from jimm_linen.config_utils import check_fields
+from jimm_linen.config_utils import check_fields, check_heads
 from jimm_linen.models.vit.config import VARIANTS, ViTConfig
 
 TEXT_POOLINGS = ("eos", "last")
@@ -20,20 +22,17 @@ TEXT_POOLINGS = ("eos", "last")
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """A CLIP-style text transformer. Field names follow HF's `CLIPTextConfig` / `SiglipTextConfig`.
-
-    `causal`: mask future tokens (CLIP) or not (SigLIP). `pooling`: "eos" takes the first
-    `eos_token_id` position (the largest id when `eos_token_id == 2`, as HF does for old CLIP
-    configs), "last" the last position. `projection_size`: width of the `head` Dense after
-    pooling (0: none); `head_bias`: whether it has a bias (SigLIP) or not (CLIP's projection).
-    """
+    """A CLIP-style text transformer. Field names follow HF's `CLIPTextConfig` / `SiglipTextConfig`;
+    the defaults are OpenAI CLIP's text tower."""
 
     vocab_size: int = 49408
     hidden_size: int = 512
+    """Width of every token (HF `hidden_size`); also the pooled feature size."""
     intermediate_size: int = 2048
     num_hidden_layers: int = 12
     num_attention_heads: int = 8
     max_position_embeddings: int = 77
+    """The length of the learned position table: the longest text the tower takes."""
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     attention_dropout: float = 0.0
@@ -41,10 +40,15 @@ class TextConfig:
     pad_token_id: int | None = 1
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
+    """Where "eos" pooling reads (the largest id instead when this is 2, as HF does for old CLIP configs)."""
     causal: bool = True
+    """Mask future tokens (CLIP) or not (SigLIP)."""
     pooling: str = "eos"
+    """"eos": the first `eos_token_id` position; "last": the last position."""
     projection_size: int = 0
+    """Width of the `head` Dense after pooling (0: no head)."""
     head_bias: bool = True
+    """Whether the head has a bias (SigLIP) or not (CLIP's projection)."""
 
     # What the shared encoder blocks read that HF's text configs do not vary.
     qkv_bias = True
@@ -55,14 +59,16 @@ class TextConfig:
         return self.attention_dropout
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"text hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+        check_heads(self, "text")
         if self.pooling not in TEXT_POOLINGS:
             raise ValueError(f"unknown text pooling {self.pooling!r}; use one of {TEXT_POOLINGS}")
         if self.pooling == "eos" and self.eos_token_id is None:
             raise ValueError("pooling='eos' needs an eos_token_id")
         get_activation(self.hidden_act)
+
+    def dummy_inputs(self) -> tuple:
+        """Example inputs for `init` (and abstract inits): one text of the full length."""
+        return (jnp.zeros((1, self.max_position_embeddings), jnp.int32),)
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> "TextConfig":
@@ -125,6 +131,11 @@ _CLIP_TEXT_FIELDS = {**_TEXT_FIELDS, "initializer_range": "initializer_range"}
 _CLIP_VISION_FIELDS = {**_VISION_FIELDS, "initializer_range": "initializer_range"}
 
 
+def _image_and_text(config) -> tuple:
+    """Example inputs for `init` of a two-tower model: an image, then a text."""
+    return (*config.vision.dummy_inputs(), *config.text.dummy_inputs())
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
     """OpenAI CLIP. The towers get CLIP's structure here: class-token pooling with a
@@ -154,6 +165,7 @@ class CLIPConfig:
                 object.__setattr__(self, f, self.projection_dim)
 
     logit_bias = False
+    dummy_inputs = _image_and_text
 
     @property
     def logit_scale_init(self) -> float:
@@ -215,6 +227,7 @@ class SigLIPConfig:
     logit_bias_init: float = -10.0
 
     logit_bias = True
+    dummy_inputs = _image_and_text
 
     def __post_init__(self):
         projection = self.text.projection_size or self.text.hidden_size

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from jimm_linen.checkpoint import (
     FLATTEN, ConvKernel, DropLeading, Fused, KeyMap, LinearKernel, Rule, encoder_rules, linear, norm,
 )
@@ -109,17 +107,3 @@ def siglip_vision_keymap(config) -> KeyMap:
 
 def siglip_text_keymap(config) -> KeyMap:
     return KeyMap(siglip_text_rules("", ""), ignore=IGNORED)
-
-
-def vision_dummy_inputs(config):
-    return (jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32),)
-
-
-def text_dummy_inputs(config):
-    return (jnp.zeros((1, config.max_position_embeddings), jnp.int32),)
-
-
-def dummy_inputs(config):
-    v = config.vision
-    return (jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32),
-            jnp.zeros((1, config.text.max_position_embeddings), jnp.int32))

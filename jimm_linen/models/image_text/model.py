@@ -8,19 +8,19 @@ this tree almost one to one (`jimm_linen.big_vision`).
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.layers import DenseGeneral, Encoder
+from jimm_linen.layers import Encoder
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.image_text.config import CLIPConfig, SigLIPConfig, TextConfig
+from jimm_linen.models.base import Model
 from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
 from jimm_linen.models.vit.model import ViT
-from jimm_linen.outputs import ImageTextOutput, TowerOutput
+from jimm_linen.outputs import ImageTextOutput
 
 
 def check_text(input_ids, attention_mask, config: TextConfig) -> None:
@@ -43,7 +43,7 @@ def check_text(input_ids, attention_mask, config: TextConfig) -> None:
                              f"got values in [{ids.min()}, {ids.max()}]")
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(Model):
     """CLIP-style text encoder: token + learned position embeddings, pre-LN blocks (causal or
     not), final LayerNorm (`Encoder_0/encoder_norm`), pooling and an optional `head`.
 
@@ -53,11 +53,6 @@ class TextTransformer(nn.Module):
     """
 
     config: TextConfig
-    attention_fn: Any = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan: bool = True
-    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, train: bool = False, return_hidden_states: bool = False):
@@ -78,13 +73,8 @@ class TextTransformer(nn.Module):
         encoded, per_layer = Encoder(cfg, self.attention_fn, self.scan, self.remat_policy, name="Encoder_0",
                                      **kw)(x, mask, not train, return_hidden_states)
         pooled = encoded[jnp.arange(encoded.shape[0]), self._pool_index(input_ids)]
-        out = pooled
-        if cfg.projection_size:
-            out = DenseGeneral(cfg.projection_size, kernel_axes=("embed", "classes"), use_bias=cfg.head_bias,
-                               kernel_init=init, name="head", **kw)(pooled)
-        if not return_hidden_states:
-            return out
-        return TowerOutput(output=out, pooled=pooled, last_hidden_state=encoded, hidden_states=(x,) + per_layer)
+        return self.tower_output(pooled, encoded, (x,) + (per_layer or ()), head=cfg.projection_size,
+                                 head_bias=cfg.head_bias, init=init, return_hidden_states=return_hidden_states)
 
     def _pool_index(self, input_ids):
         cfg = self.config
@@ -102,22 +92,14 @@ def _normalize(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-class _ImageText(nn.Module):
+class _ImageText(Model):
     """Two towers and the learned logit scale (and bias). `encode_image` / `encode_text`
     give the unnormalised embeddings (HF's `get_image_features` / `get_text_features`) and work
     through `apply(..., method="encode_image")`."""
 
-    config: Any
-    attention_fn: Any = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan: bool = True
-    remat_policy: str = "none"
-
     def setup(self):
         cfg = self.config
-        kw = dict(attention_fn=self.attention_fn, dtype=self.dtype, param_dtype=self.param_dtype,
-                  scan=self.scan, remat_policy=self.remat_policy)
+        kw = self.runtime()
         self.img = ViT(cfg.vision, **kw)
         self.txt = TextTransformer(cfg.text, **kw)
         self.t = self.param("t", nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), (None,)),
@@ -180,14 +162,19 @@ class SigLIP(_ImageText):
         return sigmoid_loss(logits_per_text)
 
 
-def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Module, dict]:
-    """One tower of a CLIP / SigLIP model as its own module and variables: `tower="vision"`
-    gives the `ViT` (its `head` is CLIP's visual projection), `"text"` the `TextTransformer`.
-    The arrays are shared, not copied."""
+def tower_module(model: _ImageText, tower: str) -> tuple[str, nn.Module]:
+    """The name under which `model` keeps a tower and the tower as its own module (same dtypes,
+    attention and layout): `tower="vision"` gives the `ViT` (its `head` is CLIP's visual
+    projection), `"text"` the `TextTransformer`."""
     names = {"vision": ("img", ViT, model.config.vision), "text": ("txt", TextTransformer, model.config.text)}
     if tower not in names:
         raise ValueError(f"tower must be 'vision' or 'text', got {tower!r}")
     key, cls, config = names[tower]
-    module = cls(config, attention_fn=model.attention_fn, dtype=model.dtype, param_dtype=model.param_dtype,
-                 scan=model.scan, remat_policy=model.remat_policy)
+    return key, cls(config, **model.runtime())
+
+
+def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Module, dict]:
+    """One tower of a CLIP / SigLIP model as its own module and variables (see `tower_module`).
+    The arrays are shared, not copied."""
+    key, module = tower_module(model, tower)
     return module, {col: tree[key] for col, tree in variables.items() if key in tree}

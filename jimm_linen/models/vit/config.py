@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
+
 from jimm_linen.activations import get_activation
-from jimm_linen.config_utils import check_fields, labels_from_hf, labels_to_hf
+from jimm_linen.config_utils import check_fields, check_heads, labels_from_hf, labels_to_hf
 
 # big_vision's width / depth / mlp / heads table (big_vision/models/vit.py::decode_variant).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -73,9 +75,7 @@ class ViTConfig:
     def __post_init__(self):
         if self.pooler_output_size is None:
             object.__setattr__(self, "pooler_output_size", self.hidden_size)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_attention_heads {self.num_attention_heads}")
+        check_heads(self, "image")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.pooling not in POOLINGS:
@@ -84,6 +84,10 @@ class ViTConfig:
             raise ValueError(f"id2label has {len(self.id2label)} labels, num_labels is {self.num_labels}")
         get_activation(self.hidden_act)
         get_activation(self.pooler_act)
+
+    def dummy_inputs(self) -> tuple:
+        """Example inputs for `init` (and abstract inits): one NHWC image of `image_size`."""
+        return (jnp.zeros((1, self.image_size, self.image_size, self.num_channels), jnp.float32),)
 
     @property
     def grid_size(self) -> int:

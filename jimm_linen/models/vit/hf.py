@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
 from jimm_linen.checkpoint import ConvKernel, KeyMap, Rule, encoder_rules, linear, norm
 from jimm_linen.models.vit.config import ViTConfig
 
@@ -56,7 +54,3 @@ def adapt_config(config: ViTConfig, keys) -> ViTConfig:
     if config.pooler and not any(k.endswith("pooler.dense.weight") for k in keys):
         return dataclasses.replace(config, pooler=False)
     return config
-
-
-def dummy_inputs(config: ViTConfig):
-    return (jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32),)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,24 +11,15 @@ from jimm_linen.layers import (
     DenseGeneral, Encoder, LayerNorm, MAPHead, PatchEmbedding, check_images, resize_position_grid,
 )
 from jimm_linen.layers.linear import default_kernel_init
+from jimm_linen.models.base import Model
 from jimm_linen.models.vit.config import ViTConfig
-from jimm_linen.outputs import TowerOutput
 
 
-class ViT(nn.Module):
-    """Vision Transformer on NHWC float images.
-
-    `apply(variables, images)` returns logits (with a head) or pooled features. `scan` stacks the
-    blocks under one `layers` axis; `remat_policy` is a name understood by
-    `jimm_linen.layers.remat_policy`. `attention_fn=None` is exact softmax attention.
-    """
+class ViT(Model):
+    """Vision Transformer on NHWC float images: `apply(variables, images)` returns logits (with a
+    head) or pooled features."""
 
     config: ViTConfig
-    attention_fn: Any = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    scan: bool = True
-    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, images, train: bool = False, interpolate_pos_encoding: bool = False,
@@ -62,21 +51,14 @@ class ViT(nn.Module):
         elif cfg.pooling == "mean":
             pooled = encoded.mean(axis=1)
         else:
-            pooled = MAPHead(cfg.num_attention_heads, cfg.intermediate_size, cfg.hidden_act,
-                             cfg.layer_norm_eps, attention_fn=self.attention_fn,
-                             kernel_init=kernel_init, name="MAPHead_0", **kw)(encoded)
+            pooled = MAPHead(cfg, self.attention_fn, name="MAPHead_0", **kw)(encoded)
         if cfg.pooler:
             pooled = DenseGeneral(cfg.pooler_output_size, kernel_axes=("embed", "mlp"),
                                   kernel_init=kernel_init, name="pre_logits", **kw)(pooled)
             pooled = get_activation(cfg.pooler_act)(pooled)
-        out = pooled
-        if cfg.num_labels:
-            out = DenseGeneral(cfg.num_labels, kernel_axes=("embed", "classes"), use_bias=cfg.head_bias,
-                               kernel_init=kernel_init, name="head", **kw)(pooled)
-        if not return_hidden_states:
-            return out
-        return TowerOutput(output=out, pooled=pooled, last_hidden_state=encoded,
-                         hidden_states=(x,) + per_layer)
+        return self.tower_output(pooled, encoded, (x,) + (per_layer or ()), head=cfg.num_labels,
+                                 head_bias=cfg.head_bias, init=kernel_init,
+                                 return_hidden_states=return_hidden_states)
 
     def _position_embedding(self, gh: int, gw: int, interpolate: bool, init) -> jax.Array:
         cfg = self.config

@@ -262,13 +262,39 @@ def to_linen_variables(model: nnx.Module) -> dict[str, Any]:
     tree, same arrays and shardings; nothing is copied)."""
     if not isinstance(model, nnx.bridge.ToNNX):
         raise TypeError(f"expected a bridged model (nnx.bridge.ToNNX), got {type(model).__name__}")
-    attrs = {k: v for k, v in vars(model).items() if not k.startswith(("to_nnx__", "_pytree__"))}
-    flat: dict[tuple[str, ...], Any] = {}
-    for path, var in flatten_dict(attrs).items():
-        if not isinstance(var, nnx.Variable):
-            raise TypeError(f"{'/'.join(path)} is a {type(var).__name__}, not an nnx.Variable")
-        flat[(nnx.variable_name_from_type(type(var)), *path)] = var.get_value()
-    return unflatten_dict(flat)
+    out: dict[str, Any] = {}
+
+    # Every eager call walks this, so it reads each Variable the cheap way (see `_value`)
+    # and builds the nested dicts directly.
+    def walk(node: Mapping, path: tuple[str, ...]):
+        for key, var in node.items():
+            if isinstance(var, Mapping):
+                walk(var, (*path, key))
+                continue
+            if not isinstance(var, nnx.Variable):
+                raise TypeError(f"{'/'.join((*path, key))} is a {type(var).__name__}, not an nnx.Variable")
+            tree = out.setdefault(_collection(type(var)), {})
+            for part in path:
+                tree = tree.setdefault(part, {})
+            tree[key] = _value(var)
+
+    walk({k: v for k, v in vars(model).items() if not k.startswith(("to_nnx__", "_pytree__"))}, ())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _collection(var_type: type[nnx.Variable]) -> str:
+    return nnx.variable_name_from_type(var_type)
+
+
+def _value(var: nnx.Variable):
+    """`var.get_value()`, which copies the value's pytree and checks for array refs and hooks
+    (~5 us a Variable, a third of a small model's eager call on GPU); a plain stored array with
+    no get-hook is the same thing, read directly."""
+    raw = var.get_raw_value()
+    if isinstance(raw, jax.Array) and var.get_metadata("on_get_value", None) is None:
+        return raw
+    return var.get_value()
 
 
 # The module-level spellings build plain `LinenModule`s; subclasses use their own classmethods.

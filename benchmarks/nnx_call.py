@@ -131,13 +131,13 @@ def rows(calls, times, built, rounds, steps, load_before) -> list[dict]:
 
 
 def render(results: Path) -> str:
-    """The latest run of each (variant, batch) in `results`, one table each."""
+    """The latest run of each (platform, variant, batch) in `results`, one table each."""
     runs: dict[str, list[dict]] = {}
     for line in results.read_text().splitlines():
         row = json.loads(line)
         runs.setdefault(row["run_id"], []).append(row)
-    latest = {(r[0]["variant"], r[0]["batch"]): r for r in runs.values()}  # later lines win
-    return "\n\n".join(table(latest[key]) for key in sorted(latest, key=lambda k: (k[0], -k[1])))
+    latest = {(r[0]["platform"], r[0]["variant"], r[0]["batch"]): r for r in runs.values()}  # later lines win
+    return "\n\n".join(table(latest[key]) for key in sorted(latest, key=lambda k: (k[0], k[1], -k[2])))
 
 
 def table(rows: list[dict]) -> str:

@@ -64,6 +64,9 @@ def test_eager_call_is_the_compiled_linen_apply(name):
     cls, config, calls = MODELS[name]
     model = cls.from_config(config)
     variables = bridge.to_linen_variables(model)
+    # The programs are cached process-wide, per Linen module: another test may have compiled
+    # this one already, and the first call here must be seen compiling.
+    _compiled_apply.clear_cache()
     for method, inputs, flags in calls:
         out, new = compiles(lambda m=method, i=inputs, f=flags: call(model, m, i, f))
         assert new == 1, (method, flags)
@@ -74,7 +77,8 @@ def test_eager_call_is_the_compiled_linen_apply(name):
 
 
 def test_one_program_per_input_shape_and_flag():
-    # A module no other test builds: the programs are cached per Linen module, process-wide.
+    # The programs are cached per Linen module and placement, process-wide.
+    _compiled_apply.clear_cache()
     model = jimm_nnx.VisionTransformer.from_config(VIT, num_labels=7)
     model(IMAGES)
     _, new = compiles(lambda: [model(IMAGES[:1]), model(IMAGES[:1]), model(IMAGES)])
@@ -192,6 +196,7 @@ def test_sharded_eager_call(mesh):
         model = jimm_nnx.VisionTransformer.from_config(VIT)
         assert model.mesh is mesh
         x = jax.device_put(batch, NamedSharding(mesh, P(("data", "fsdp"))))
+        _compiled_apply.clear_cache()  # another test may have run this model on this mesh
         out, new = compiles(lambda: model(x))
         assert new == 1
         assert_close(out, plain(batch), rtol=1e-6)

@@ -21,11 +21,10 @@ beside its definition, with `register_logical_names("frames", ...)`. Presets: `r
 overrides={"vocab": None})` extends or overrides one (like T5X's `standard_logical_axis_rules`)
 and gives a rule table that goes wherever `rules=` is taken.
 
-Activations are constrained inside the models with `nn.with_logical_constraint`; those
-constraints act only under `activation_sharding(mesh, rules)` (no mesh: the model runs
-unsharded, the constraints are no-ops). Uneven activation shardings are fine for XLA. Flax
-resolves those names and replicates one without a rule, so they are checked by the tests (the
-models constrain with known names only), not at run time.
+Activations are constrained inside the models with `constrain(x, names)`: Flax's
+`nn.with_logical_constraint` after the same check of the names (Flax alone would replicate an
+unknown one). The constraints act only under `activation_sharding(mesh, rules)` (no mesh: the
+model runs unsharded, the constraints are no-ops). Uneven activation shardings are fine for XLA.
 
 Linen models compute with Auto mesh axes (under Explicit axes `with_sharding_constraint` is an
 assert and many ops need `out_sharding=`), while `jax.make_mesh` now makes Explicit axes. So
@@ -125,6 +124,13 @@ PRESETS: dict[str, Rules] = {
     # Expert parallelism on the tensor axis, otherwise fsdp_tp.
     "ep": _EP + _ACTIVATIONS_DP + _ACTIVATIONS_TP + _TP + (("embed", "fsdp"),),
 }
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """`nn.with_logical_constraint(x, names)` for known logical names only: an unknown name is a
+    ValueError when the model is traced, where Flax would leave that dim replicated."""
+    _check_names(names, f"an activation constraint {tuple(names)}")
+    return nn.with_logical_constraint(x, names)
 
 
 def _mesh_axes(axes):

@@ -586,3 +586,20 @@ def test_decoder_names_resolve():
     assert pt.logical_to_spec(experts, "ep", mesh, (4, 32, 64)) == P("tensor", "fsdp", None)
     assert pt.logical_to_spec(("embed", "experts"), "ep", mesh, (32, 4)) == P("fsdp", "tensor")
     assert pt.logical_to_spec(("act_experts", "act_length", "act_embed"), "ep", mesh) == P("tensor", None, None)
+
+
+def test_activation_constraints_refuse_unknown_names():
+    """The models constrain activations through `constrain`, which checks the names when the
+    model is traced (Flax's own constraint would replicate an unknown name)."""
+
+    class Probe(nn.Module):
+        names: tuple
+
+        @nn.compact
+        def __call__(self, x):
+            return pt.constrain(x, self.names)
+
+    x = jnp.ones((2, 3))
+    np.testing.assert_array_equal(Probe(("act_batch", "act_embed")).apply({}, x), x)
+    with pytest.raises(ValueError, match=r"unknown logical axis name 'act_frames' in an activation constraint"):
+        Probe(("act_batch", "act_frames")).apply({}, x)

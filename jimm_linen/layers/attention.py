@@ -10,6 +10,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jimm_linen.layers.attention_fns import dot_product_attention
 from jimm_linen.layers.linear import DenseGeneral, default_kernel_init
+from jimm_linen.partitioning import constrain
 
 ACT_HEADS = ("act_batch", "act_length", "act_heads", "act_kv")
 
@@ -39,7 +40,7 @@ class MultiHeadAttention(nn.Module):
                 use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=kernel_init, name=name,
             )(x)
-            y = nn.with_logical_constraint(y, ACT_HEADS)
+            y = constrain(y, ACT_HEADS)
             return checkpoint_name(y, f"{name}_proj")
 
         q, k, v = proj("query", inputs_q), proj("key", inputs_kv), proj("value", inputs_kv)
@@ -55,7 +56,7 @@ class MultiHeadAttention(nn.Module):
         else:
             attention_fn = self.attention_fn or dot_product_attention
             out = attention_fn(q, k, v, mask=mask, is_causal=is_causal)
-        out = nn.with_logical_constraint(out, ACT_HEADS)
+        out = constrain(out, ACT_HEADS)
         out = DenseGeneral(
             features=embed, axis=(-2, -1), kernel_axes=("heads", "kv", "embed"),
             dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=kernel_init, name="out",

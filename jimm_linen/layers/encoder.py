@@ -17,6 +17,7 @@ from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.mlp import MlpBlock
 from jimm_linen.layers.norm import LayerNorm
 from jimm_linen.layers.stack import stack
+from jimm_linen.partitioning import constrain
 
 ACT_EMBED = ("act_batch", "act_length", "act_embed")
 
@@ -43,11 +44,11 @@ class EncoderBlock(nn.Module):
             name="MultiHeadDotProductAttention_0", **kw,
         )(y, None, mask, deterministic, cfg.causal)
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic)
-        x = nn.with_logical_constraint(x + y, ACT_EMBED)
+        x = constrain(x + y, ACT_EMBED)
         y = LayerNorm(cfg.layer_norm_eps, name="LayerNorm_1", **kw)(x)
         y = MlpBlock(cfg.intermediate_size, cfg.hidden_act, kernel_init=init, name="MlpBlock_0", **kw)(y)
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic)
-        x = nn.with_logical_constraint(x + y, ACT_EMBED)
+        x = constrain(x + y, ACT_EMBED)
         return x, (x if self.collect else None)
 
 

@@ -10,6 +10,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jimm_linen.activations import get_activation
 from jimm_linen.layers.linear import DenseGeneral
+from jimm_linen.partitioning import constrain
 
 
 class MlpBlock(nn.Module):
@@ -29,7 +30,7 @@ class MlpBlock(nn.Module):
                          name="Dense_0")(x)
         h = checkpoint_name(h, "mlp_in")
         h = get_activation(self.hidden_act)(h)
-        h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+        h = constrain(h, ("act_batch", "act_length", "act_mlp"))
         y = DenseGeneral(embed, kernel_axes=("mlp", "embed"), dtype=self.dtype,
                          param_dtype=self.param_dtype, kernel_init=self.kernel_init,
                          name="Dense_1")(h)

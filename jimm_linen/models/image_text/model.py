@@ -21,6 +21,7 @@ from jimm_linen.models.base import Model
 from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
 from jimm_linen.models.vit.model import ViT
 from jimm_linen.outputs import ImageTextOutput
+from jimm_linen.partitioning import constrain
 
 
 def check_text(input_ids, attention_mask, config: TextConfig) -> None:
@@ -66,7 +67,7 @@ class TextTransformer(Model):
         pos = self.param("pos_embedding", nn.with_logical_partitioning(init, (None, "length", "embed")),
                          (1, cfg.max_position_embeddings, cfg.hidden_size), self.param_dtype)
         x = x + pos[:, :length].astype(x.dtype)
-        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
         mask = None
         if attention_mask is not None:  # (B, S) -> (B, 1, 1, S): padded keys are never attended
             mask = attention_mask.astype(bool)[:, None, None, :]

@@ -13,6 +13,7 @@ from jimm_linen.layers import (
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.base import Model
 from jimm_linen.models.vit.config import ViTConfig
+from jimm_linen.partitioning import constrain
 
 
 class ViT(Model):
@@ -38,7 +39,7 @@ class ViT(Model):
                              (1, 1, d), self.param_dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
         x = x + self._position_embedding(gh, gw, interpolate_pos_encoding, kernel_init).astype(x.dtype)
-        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, not train)
         if cfg.pre_norm:
             x = LayerNorm(cfg.layer_norm_eps, name="pre_norm", **kw)(x)

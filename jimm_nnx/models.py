@@ -17,7 +17,7 @@ import jimm_linen
 from jimm_linen.layers import remat_policy
 from jimm_linen.models import image_text as linen_clip
 from jimm_linen.models.vit import ViT, ViTConfig
-from jimm_linen.pretrained import FAMILIES, read_config, resolve_checkpoint_dir
+from jimm_linen.pretrained import FAMILIES
 from jimm_nnx.sharding import ShardingArg, resolve_sharding
 
 RngsArg = nnx.Rngs | jax.Array | int | None
@@ -48,6 +48,7 @@ class PretrainedModel(bridge.LinenModule):
     linen_cls: type = ViT
     config_cls: type = ViTConfig
     model_type: str = "vit"
+    tower: str | None = None  # which tower of a two-tower checkpoint the class is (jimm_linen's tower=)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, attention_fn: Callable | None = None,
@@ -62,16 +63,12 @@ class PretrainedModel(bridge.LinenModule):
         rngs, placement = _default_rngs(rngs), resolve_sharding(sharding)
         module, variables = cls._load(name_or_path, rngs, placement, attention_fn=attention_fn, dtype=dtype,
                                       param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
-                                      **cls._checkpoint_options(name_or_path), **kwargs)
-        if not isinstance(module, cls.linen_cls):
-            raise ValueError(f"{name_or_path} holds a {type(module).__name__}, not a {cls.linen_cls.__name__} "
-                             f"(use the jimm_nnx class for its model_type)")
+                                      tower=cls.tower, **kwargs)
+        if not cls._accepts(module.config):
+            raise ValueError(f"{name_or_path} is not a {cls.model_type} checkpoint (it holds a {type(module).__name__}"
+                             f"{' tower' if cls.tower else ''} of another kind; use the jimm_nnx class for its "
+                             f"model_type)")
         return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs)
-
-    @classmethod
-    def _checkpoint_options(cls, name_or_path) -> dict[str, Any]:
-        """What this class reads from a checkpoint beyond the defaults (a tower: which one)."""
-        return {}
 
     @staticmethod
     def _load(name_or_path, rngs, placement: bridge.Placement, **kwargs: Any):
@@ -188,15 +185,7 @@ class _Tower(PretrainedModel):
     `SiglipModel` checkpoint, as HF's tower classes do; `save_pretrained` writes HF's
     single-tower format. CLIP towers include their projection when the checkpoint has one."""
 
-    full_cls: type = None  # the jimm_nnx two-tower class whose checkpoints hold this tower
-    tower: str = "vision"
-
-    @classmethod
-    def _checkpoint_options(cls, name_or_path) -> dict[str, Any]:
-        fam, _ = read_config(resolve_checkpoint_dir(name_or_path))
-        if fam not in (FAMILIES[cls.full_cls.model_type], FAMILIES[cls.model_type]):
-            raise ValueError(f"{name_or_path} is not a {cls.model_type} or {cls.full_cls.model_type} checkpoint")
-        return {"tower": cls.tower}
+    tower = "vision"
 
     @classmethod
     def _from_hf(cls, hf: dict[str, Any]):
@@ -225,16 +214,16 @@ class _TextTower(_Tower):
 
 
 class CLIPVisionModel(_VisionTower):
-    full_cls, model_type = CLIP, "clip_vision_model"
+    model_type = "clip_vision_model"
 
 
 class CLIPTextModel(_TextTower):
-    full_cls, model_type = CLIP, "clip_text_model"
+    model_type = "clip_text_model"
 
 
 class SigLIPVisionModel(_VisionTower):
-    full_cls, model_type = SigLIP, "siglip_vision_model"
+    model_type = "siglip_vision_model"
 
 
 class SigLIPTextModel(_TextTower):
-    full_cls, model_type = SigLIP, "siglip_text_model"
+    model_type = "siglip_text_model"

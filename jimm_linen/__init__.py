@@ -5,9 +5,15 @@ from jimm_linen.models.image_text import (
     CLIP, CLIPConfig, ImageTextOutput, SigLIP, SigLIPConfig, TextConfig, TextTransformer, contrastive_loss,
     sigmoid_loss,
 )
+from jimm_linen.models.causal_lm import CausalLM, CausalLMConfig, KVCache
+from jimm_linen.models.llama import Llama, LlamaConfig
+from jimm_linen.models.olmo2 import Olmo2, Olmo2Config
+from jimm_linen.models.qwen3 import Qwen3, Qwen3Config
 from jimm_linen.models.vit import TowerOutput, ViT, ViTConfig
+from jimm_linen.outputs import CausalLMOutput
 
-__all__ = ["CLIP", "CLIPConfig", "ImageTextOutput", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
+__all__ = ["CLIP", "CLIPConfig", "CausalLM", "CausalLMConfig", "CausalLMOutput", "KVCache", "Llama", "LlamaConfig",
+           "Olmo2", "Olmo2Config", "Qwen3", "Qwen3Config", "ImageTextOutput", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
            "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
            "sigmoid_loss"]
 

@@ -37,3 +37,15 @@ class ImageTextOutput:
     loss: jax.Array | None = None
     vision_output: TowerOutput | None = None
     text_output: TowerOutput | None = None
+
+
+@flax.struct.dataclass
+class CausalLMOutput:
+    """What a causal LM returns with `return_hidden_states=True`: float32 `logits [B, T, V]`,
+    `last_hidden_state` (after the final norm), `hidden_states` (as HF's: the embeddings and every
+    block's output, the last one after the final norm) and the updated `cache` when one was given."""
+
+    logits: jax.Array
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...] | None = None
+    cache: object | None = None

@@ -17,9 +17,16 @@ import numpy as np
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import engine
 from jimm_linen.layers import scan_to_loop
+from jimm_linen.models.causal_lm import CausalLMConfig
 from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer, tower_module
 from jimm_linen.models.image_text.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
 from jimm_linen.models.image_text import hf as clip_hf
+from jimm_linen.models.llama import Llama, LlamaConfig
+from jimm_linen.models.llama import hf as llama_hf
+from jimm_linen.models.olmo2 import Olmo2, Olmo2Config
+from jimm_linen.models.olmo2 import hf as olmo2_hf
+from jimm_linen.models.qwen3 import Qwen3, Qwen3Config
+from jimm_linen.models.qwen3 import hf as qwen3_hf
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.models.vit import hf as vit_hf
 
@@ -52,6 +59,9 @@ FAMILIES: dict[str, Family] = {
     "clip_text_model": _tower("clip_text_model", TextTransformer, clip_hf.clip_text_keymap),
     "siglip_vision_model": _tower("siglip_vision_model", ViT, clip_hf.siglip_vision_keymap),
     "siglip_text_model": _tower("siglip_text_model", TextTransformer, clip_hf.siglip_text_keymap),
+    "llama": Family(Llama, llama_hf.keymap, LlamaConfig.from_hf_config),
+    "qwen3": Family(Qwen3, qwen3_hf.keymap, Qwen3Config.from_hf_config),
+    "olmo2": Family(Olmo2, olmo2_hf.keymap, Olmo2Config.from_hf_config),
 }
 
 
@@ -73,7 +83,11 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     from huggingface_hub import snapshot_download
 
     repo = str(name_or_path)
-    directory = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"]))
+    # Besides the weights: a decoder's generation defaults and its tokenizer's files.
+    extra = ["generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model",
+             "*.tiktoken", "chat_template*"]
+    directory = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
+                                                             *extra]))
     try:
         ckpt.weight_files(directory)
     except FileNotFoundError:  # an older repo with PyTorch weights only
@@ -90,7 +104,19 @@ def read_config(directory: Path) -> tuple[Family, Any]:
     if model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {model_type!r} in {cfg_file}; jimm supports {sorted(FAMILIES)}")
     fam = FAMILIES[model_type]
-    return fam, fam.from_hf(hf)
+    config = fam.from_hf(hf)
+    generation_file = directory / "generation_config.json"
+    if isinstance(config, CausalLMConfig) and generation_file.exists():
+        config = dataclasses.replace(config, generation=generation_defaults(ckpt.read_json(generation_file)))
+    return fam, config
+
+
+def generation_defaults(hf: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """`generation_config.json` as sorted `(key, value)` pairs (lists as tuples, so that the
+    config stays hashable); HF's bookkeeping keys dropped."""
+    def freeze(v):
+        return tuple(freeze(x) for x in v) if isinstance(v, list) else v
+    return tuple(sorted((k, freeze(v)) for k, v in hf.items() if k not in ("transformers_version", "_from_model_config")))
 
 
 def from_pretrained(
@@ -174,4 +200,10 @@ def save_pretrained(model: nn.Module, variables: dict, out_dir: str | os.PathLik
     dtypes = {str(a.dtype) for a in state.values()}
     hf["dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
     (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+    if isinstance(model.config, CausalLMConfig):
+        cfg = model.config
+        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": hf["eos_token_id"], "pad_token_id": cfg.pad_token_id,
+               **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.generation}}
+        gen = {k: v for k, v in gen.items() if v is not None}
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True))
     return out

@@ -6,7 +6,8 @@ from jimm_nnx.models import (
     CLIP, CLIPTextModel, CLIPVisionModel, PretrainedModel, SigLIP, SigLIPTextModel, SigLIPVisionModel,
     VisionTransformer,
 )
+from jimm_nnx.causal_lm import CausalLM, Llama, Olmo2, Qwen3
 from jimm_nnx.sharding import NoSharding, Sharding
 
-__all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "NoSharding", "PretrainedModel", "Sharding", "SigLIP",
+__all__ = ["CLIP", "CausalLM", "Llama", "Olmo2", "Qwen3", "CLIPTextModel", "CLIPVisionModel", "NoSharding", "PretrainedModel", "Sharding", "SigLIP",
            "SigLIPTextModel", "SigLIPVisionModel", "VisionTransformer", "make_tokamax_attention"]

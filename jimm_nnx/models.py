@@ -90,7 +90,7 @@ class PretrainedModel(bridge.LinenModule):
         exactly like `module.init(key, ...)`; it also drives dropout. `config_overrides`
         replace config fields."""
         config = cls._config(config, config_overrides)
-        module = cls.linen_cls(config, attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype,
+        module = cls._module_cls(config)(config, attention_fn=attention_fn, dtype=dtype, param_dtype=param_dtype,
                                scan=scan, remat_policy=_remat(use_gradient_checkpointing))
         return cls.wrap(module, *config.dummy_inputs(), rngs=_default_rngs(rngs), placement=resolve_sharding(sharding))
 
@@ -104,6 +104,10 @@ class PretrainedModel(bridge.LinenModule):
             raise TypeError(f"config must be an HF {cls.model_type} config dict or a {cls.config_cls.__name__} "
                             f"for it, got {config!r:.80}")
         return dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def _module_cls(cls, config) -> type:
+        return cls.linen_cls
 
     @classmethod
     def _from_hf(cls, hf: dict[str, Any]):

@@ -101,3 +101,26 @@ def resize_position_grid(grid: jax.Array, new_hw: tuple[int, int]) -> jax.Array:
     # (bf16 would round the weights), cast back at the end.
     tmp = jnp.einsum("bw,hwd->hbd", mw, grid.astype(jnp.float32), precision="highest")
     return jnp.einsum("ah,hbd->abd", mh, tmp, precision="highest").astype(grid.dtype)
+
+
+class Embed(nn.Module):
+    """A token embedding table `[vocab, embed]`; `attend(x)` is the tied output projection
+    (`x . table^T`, accumulated and returned in float32)."""
+
+    num_embeddings: int
+    features: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    embedding_init: Any = None
+
+    def setup(self):
+        init = self.embedding_init or nn.initializers.normal(0.02)
+        self.embedding = self.param("embedding", nn.with_logical_partitioning(init, ("vocab", "embed")),
+                                    (self.num_embeddings, self.features), self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype or self.param_dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        table = self.embedding.astype(self.dtype or x.dtype)
+        return jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)

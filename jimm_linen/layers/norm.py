@@ -65,3 +65,53 @@ class LayerNorm(nn.Module):
         y = standardize(x.astype(jnp.float32), self.epsilon)
         y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         return y.astype(self.dtype or x.dtype)
+
+
+def _rstd(x, epsilon):
+    return lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + epsilon)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def rms_normalize(x: jax.Array, epsilon: float) -> jax.Array:
+    """`x / sqrt(mean(x^2) + epsilon)` over the last axis.
+
+    Stated derivative `rstd * (t - y * mean(y * t))`: the backward pass keeps the output and
+    the reciprocal deviation, not the squares and the mean of the traced form.
+    """
+    return x * _rstd(x, epsilon)
+
+
+@rms_normalize.defjvp
+def _rms_normalize_jvp(epsilon, primals, tangents):
+    rstd = _rstd(primals[0], epsilon)
+    y = primals[0] * rstd
+    t = tangents[0]
+    return y, rstd * (t - y * jnp.mean(y * t, axis=-1, keepdims=True))
+
+
+# Where HF casts back to the compute dtype, per family: Llama / Qwen3 / Mistral multiply the
+# weight by the normalised input already cast (`w * x.to(dtype)`), OLMo 2 casts the product
+# (`(w * x).to(dtype)`). Identical in float32, not in bfloat16.
+RMS_ORDERS = ("cast_then_scale", "scale_then_cast")
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with float32 statistics; `order` is one of `RMS_ORDERS` (see there)."""
+
+    epsilon: float
+    order: str = "cast_then_scale"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = "embed"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.order not in RMS_ORDERS:
+            raise ValueError(f"unknown RMSNorm order {self.order!r}; known: {RMS_ORDERS}")
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
+                           (x.shape[-1],), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        y = rms_normalize(x.astype(jnp.float32), self.epsilon)
+        if self.order == "cast_then_scale":
+            return scale.astype(dtype) * y.astype(dtype)
+        return (scale.astype(jnp.float32) * y).astype(dtype)

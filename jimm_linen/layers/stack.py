@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The names under which models stack their blocks (what the layout conversions look for).
-BLOCK_NAMES = ("encoderblock",)
+BLOCK_NAMES = ("encoderblock", "layers")
 
 # Projection outputs tagged with `checkpoint_name` inside the blocks.
 PROJECTION_NAMES = ("query_proj", "key_proj", "value_proj", "out_proj", "mlp_in", "mlp_out")

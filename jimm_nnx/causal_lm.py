@@ -1,0 +1,76 @@
+"""Decoder LMs with the `jimm` NNX surface: `CausalLM.from_pretrained(path)` picks the family
+from `config.json`; `Llama`, `Qwen3`, `Olmo2` are the families' own classes. The model math is
+`jimm_linen`'s (through `bridge`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jimm_linen.models import causal_lm as linen_lm
+from jimm_linen.models.llama import Llama as LinenLlama, LlamaConfig
+from jimm_linen.models.olmo2 import Olmo2 as LinenOlmo2, Olmo2Config
+from jimm_linen.models.qwen3 import Qwen3 as LinenQwen3, Qwen3Config
+from jimm_linen.pretrained import FAMILIES
+from jimm_nnx.models import PretrainedModel, RngsArg
+
+
+class CausalLM(PretrainedModel):
+    """Any decoder family of `jimm_linen` as an `nnx.Module`: `lm(input_ids, attention_mask)`
+    gives float32 logits `[B, T, V]` (compiled even when called eagerly)."""
+
+    linen_cls = linen_lm.CausalLM
+    config_cls = linen_lm.CausalLMConfig
+    model_type = "causal_lm"
+
+    @classmethod
+    def _module_cls(cls, config) -> type:
+        return LINEN_CLASSES[type(config)]
+
+    @classmethod
+    def _from_hf(cls, hf: dict[str, Any]):
+        model_type = hf.get("model_type")
+        family = FAMILIES.get(model_type)
+        if family is None or not issubclass(family.module_cls, cls.linen_cls):
+            decoders = sorted(k for k, f in FAMILIES.items() if issubclass(f.module_cls, cls.linen_cls))
+            raise ValueError(f"model_type {model_type!r} is not a {cls.__name__} family; supported: {decoders}")
+        return family.from_hf(hf)
+
+    @classmethod
+    def _accepts(cls, config) -> bool:
+        return isinstance(config, cls.config_cls)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, positions=None,
+                 cache: linen_lm.KVCache | None = None, train: bool = False, return_hidden_states: bool = False,
+                 rngs: RngsArg = None):
+        """Logits, `(logits, cache)` with a `cache`, or a `jimm_linen.CausalLMOutput` with
+        `return_hidden_states=True`."""
+        linen_lm.check_token_ids(input_ids, self.config.vocab_size)  # the compiled call cannot check values
+        return self._run(input_ids, attention_mask, positions, cache, train=train, rngs=rngs,
+                         return_hidden_states=return_hidden_states)
+
+    def init_cache(self, batch: int, length: int, dtype: Any = None) -> linen_lm.KVCache:
+        return self.linen_module.init_cache(batch, length, dtype)
+
+
+# The jimm_linen module of each decoder config (what `CausalLM.from_config` builds).
+LINEN_CLASSES: dict[type, type] = {LlamaConfig: LinenLlama, Qwen3Config: LinenQwen3, Olmo2Config: LinenOlmo2}
+
+
+class Llama(CausalLM):
+    """Llama (2, 3, 3.1, 3.2) as an `nnx.Module`."""
+
+    linen_cls, config_cls, model_type = LinenLlama, LlamaConfig, "llama"
+
+
+class Qwen3(CausalLM):
+    """Qwen3 (dense) as an `nnx.Module`."""
+
+    linen_cls, config_cls, model_type = LinenQwen3, Qwen3Config, "qwen3"
+
+
+class Olmo2(CausalLM):
+    """OLMo 2 as an `nnx.Module`."""
+
+    linen_cls, config_cls, model_type = LinenOlmo2, Olmo2Config, "olmo2"

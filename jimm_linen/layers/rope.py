@@ -136,13 +136,12 @@ def _yarn(base: float, dim: int, p: dict, max_position_embeddings: int) -> tuple
     return (interpolation * (1 - keep) + extrapolation * keep).astype(np.float32), float(attention_factor)
 
 
-def rotary_embedding(rope: Rope, positions: jax.Array, head_dim: int,
-                     max_position_embeddings: int) -> tuple[jax.Array, jax.Array]:
-    """`(cos, sin)`, each `[B, T, head_dim]` float32, for integer `positions [B, T]`.
+def frequencies(rope: Rope, positions: jax.Array, head_dim: int, max_position_embeddings: int) -> tuple[jax.Array, float]:
+    """The inverse frequencies and attention factor a call with these `positions` uses.
 
     "dynamic" recomputes its base from the longest position in the call, as HF does on every
     forward (`dynamic_rope_update`): beyond `max_position_embeddings` it stretches the base,
-    within it it is "default".
+    within it it keeps the load-time ("default") frequencies.
     """
     inv_freq, attention_factor = rope.inv_freq(head_dim, max_position_embeddings)
     inv_freq = jnp.asarray(inv_freq)
@@ -152,8 +151,14 @@ def rotary_embedding(rope: Rope, positions: jax.Array, head_dim: int,
         base = rope.rope_theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (
             head_dim / (head_dim - 2))
         exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-        # Within max_position_embeddings HF keeps the load-time frequencies (no recomputation).
         inv_freq = jnp.where(seq_len > max_position_embeddings, 1.0 / (base ** exponent), inv_freq)
+    return inv_freq, attention_factor
+
+
+def rotary_embedding(rope: Rope, positions: jax.Array, head_dim: int,
+                     max_position_embeddings: int) -> tuple[jax.Array, jax.Array]:
+    """`(cos, sin)`, each `[B, T, head_dim]` float32, for integer `positions [B, T]`."""
+    inv_freq, attention_factor = frequencies(rope, positions, head_dim, max_position_embeddings)
     freqs = positions[..., None].astype(jnp.float32) * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb) * attention_factor, jnp.sin(emb) * attention_factor

@@ -16,7 +16,7 @@ from jimm_linen.layers.attention import MultiHeadAttention
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.mlp import MlpBlock
 from jimm_linen.layers.norm import LayerNorm
-from jimm_linen.layers.stack import stack
+from jimm_linen.layers.stack import Stacked, stack
 from jimm_linen.partitioning import constrain
 
 ACT_EMBED = ("act_batch", "act_length", "act_embed")
@@ -52,18 +52,11 @@ class EncoderBlock(nn.Module):
         return x, (x if self.collect else None)
 
 
-class Encoder(nn.Module):
+class Encoder(Stacked):
     """`num_hidden_layers` EncoderBlocks (stacked as `encoderblock`, see `layers.stack`) and the
     final LayerNorm `encoder_norm`. Returns `(x, hidden_states)`: `hidden_states` is None
     unless `return_hidden_states`, then a tuple of every block's output (before `encoder_norm`).
     """
-
-    config: Any
-    attention_fn: Any = None
-    scan: bool = True
-    remat_policy: str = "none"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True, return_hidden_states: bool = False):

@@ -56,6 +56,24 @@ def remat_policy(name: str):
     )
 
 
+class Stacked(nn.Module):
+    """A module that stacks blocks from a config, and how it runs them: `attention_fn=None` is
+    exact softmax attention; `scan` stacks the blocks under one `layers` axis; `remat_policy`
+    is a `remat_policy` name. Encoders, decoders and whole models take these fields."""
+
+    config: Any
+    attention_fn: Any = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scan: bool = True
+    remat_policy: str = "none"
+
+    def runtime(self) -> dict[str, Any]:
+        """Everything but the config, to build another module that runs the same way."""
+        return dict(attention_fn=self.attention_fn, dtype=self.dtype, param_dtype=self.param_dtype,
+                    scan=self.scan, remat_policy=self.remat_policy)
+
+
 def stack(block_cls: type[nn.Module], *, length: int, name: str, scan: bool = True,
           remat: str = "none", num_broadcast: int = 0, static_argnums: Sequence[int] = (),
           **block_kwargs: Any) -> Callable:

@@ -23,6 +23,7 @@ from jimm_linen import checkpoint as ckpt
 from jimm_linen.activations import get_activation
 from jimm_linen.config_utils import check_fields
 from jimm_linen.layers import DenseGeneral, stack
+from jimm_linen.layers.stack import Stacked
 from jimm_linen.layers.attention import MultiHeadAttention
 from jimm_linen.layers.embed import Embed
 from jimm_linen.layers.linear import default_kernel_init
@@ -225,16 +226,11 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
     return jnp.where(mask, pos, 1)
 
 
-class Decoder(nn.Module):
-    """The stacked blocks (`layers`, see `layers.stack`) and the final norm `decoder_norm`."""
+class Decoder(Stacked):
+    """The stacked blocks of type `block` (`layers`, see `layers.stack`) and the final norm
+    `decoder_norm`."""
 
-    config: Any
-    block: Any
-    attention_fn: Any = None
-    scan: bool = True
-    remat_policy: str = "none"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    block: Any = None
 
     @nn.compact
     def __call__(self, x, mask, rotary, is_causal, deterministic, index, kv, collect):
@@ -258,7 +254,7 @@ class CausalLM(Model):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.token_embedder = Embed(cfg.vocab_size, cfg.hidden_size,
                                     embedding_init=nn.initializers.normal(cfg.initializer_range), **kw)
-        self.decoder = Decoder(cfg, self.block, self.attention_fn, self.scan, self.remat_policy, **kw)
+        self.decoder = Decoder(cfg, block=self.block, **self.runtime())
         if not cfg.tie_word_embeddings:
             self.logits_dense = DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False,
                                              kernel_init=default_kernel_init(cfg.initializer_range), **kw)

@@ -71,8 +71,8 @@ class TextTransformer(Model):
         mask = None
         if attention_mask is not None:  # (B, S) -> (B, 1, 1, S): padded keys are never attended
             mask = attention_mask.astype(bool)[:, None, None, :]
-        encoded, per_layer = Encoder(cfg, self.attention_fn, self.scan, self.remat_policy, name="Encoder_0",
-                                     **kw)(x, mask, not train, return_hidden_states)
+        encoded, per_layer = Encoder(cfg, **self.runtime(), name="Encoder_0")(
+            x, mask, not train, return_hidden_states)
         pooled = encoded[jnp.arange(encoded.shape[0]), self._pool_index(input_ids)]
         return self.tower_output(pooled, encoded, (x,) + (per_layer or ()), head=cfg.projection_size,
                                  head_bias=cfg.head_bias, init=init, return_hidden_states=return_hidden_states)

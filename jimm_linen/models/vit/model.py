@@ -44,8 +44,8 @@ class ViT(Model):
         if cfg.pre_norm:
             x = LayerNorm(cfg.layer_norm_eps, name="pre_norm", **kw)(x)
 
-        encoded, per_layer = Encoder(cfg, self.attention_fn, self.scan, self.remat_policy, name="Transformer",
-                                     **kw)(x, None, not train, return_hidden_states)
+        encoded, per_layer = Encoder(cfg, **self.runtime(), name="Transformer")(
+            x, None, not train, return_hidden_states)
 
         if cfg.pooling == "cls":
             pooled = encoded[:, 0]

@@ -49,10 +49,16 @@ def _quick_gelu_derivative(x):
     return s + 1.702 * x * s * (1 - s)
 
 
+def _silu_derivative(x):
+    s = jax.nn.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
 # The erf GELU: the same forward values as `jax.nn.gelu(x, approximate=False)`.
 gelu_exact = _with_derivative(lambda x: x * _cdf(x), _gelu_exact_derivative)
 gelu_tanh = _with_derivative(lambda x: jax.nn.gelu(x, approximate=True), _gelu_tanh_derivative)
 quick_gelu = _with_derivative(lambda x: x * jax.nn.sigmoid(1.702 * x), _quick_gelu_derivative)
+silu = _with_derivative(jax.nn.silu, _silu_derivative)  # the gate of SwiGLU MLPs
 
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -63,8 +69,8 @@ ACTIVATIONS: dict[str, Callable] = {
     "gelu_fast": gelu_tanh,
     "quick_gelu": quick_gelu,
     "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
+    "silu": silu,
+    "swish": silu,
     "tanh": jnp.tanh,
 }
 

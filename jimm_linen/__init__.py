@@ -1,14 +1,15 @@
 """jimm_linen: the canonical Flax Linen models of jimm."""
 
 from jimm_linen.layers.attention_fns import dot_product_attention, make_tokamax_attention
+from jimm_linen.models.dino import DINOv2, DINOv2Config, DINOv3, DINOv3Config
 from jimm_linen.models.image_text import (
     CLIP, CLIPConfig, ImageTextOutput, SigLIP, SigLIPConfig, TextConfig, TextTransformer, contrastive_loss,
     sigmoid_loss,
 )
 from jimm_linen.models.vit import TowerOutput, ViT, ViTConfig
 
-__all__ = ["CLIP", "CLIPConfig", "ImageTextOutput", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
-           "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
+__all__ = ["CLIP", "CLIPConfig", "DINOv2", "DINOv2Config", "DINOv3", "DINOv3Config", "ImageTextOutput", "SigLIP",
+           "SigLIPConfig", "TextConfig", "TextTransformer", "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
            "sigmoid_loss"]
 
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402

@@ -17,6 +17,8 @@ import numpy as np
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import engine
 from jimm_linen.layers import scan_to_loop
+from jimm_linen.models.dino import DINOv2, DINOv2Config, DINOv3, DINOv3Config
+from jimm_linen.models.dino import hf as dino_hf
 from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer, tower_module
 from jimm_linen.models.image_text.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
 from jimm_linen.models.image_text import hf as clip_hf
@@ -52,6 +54,11 @@ FAMILIES: dict[str, Family] = {
     "clip_text_model": _tower("clip_text_model", TextTransformer, clip_hf.clip_text_keymap),
     "siglip_vision_model": _tower("siglip_vision_model", ViT, clip_hf.siglip_vision_keymap),
     "siglip_text_model": _tower("siglip_text_model", TextTransformer, clip_hf.siglip_text_keymap),
+    "dinov2": Family(DINOv2, dino_hf.dinov2_keymap, DINOv2Config.from_hf_config,
+                     owns=lambda c: c.model_type == "dinov2"),
+    "dinov2_with_registers": Family(DINOv2, dino_hf.dinov2_keymap, DINOv2Config.from_hf_config,
+                                    owns=lambda c: c.model_type == "dinov2_with_registers"),
+    "dinov3_vit": Family(DINOv3, dino_hf.dinov3_keymap, DINOv3Config.from_hf_config),
 }
 
 

@@ -3,10 +3,10 @@
 
 from jimm_linen import make_tokamax_attention
 from jimm_nnx.models import (
-    CLIP, CLIPTextModel, CLIPVisionModel, PretrainedModel, SigLIP, SigLIPTextModel, SigLIPVisionModel,
-    VisionTransformer,
+    CLIP, CLIPTextModel, CLIPVisionModel, DINOv2Model, DINOv3Model, PretrainedModel, SigLIP, SigLIPTextModel,
+    SigLIPVisionModel, VisionTransformer,
 )
 from jimm_nnx.sharding import NoSharding, Sharding
 
-__all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "NoSharding", "PretrainedModel", "Sharding", "SigLIP",
-           "SigLIPTextModel", "SigLIPVisionModel", "VisionTransformer", "make_tokamax_attention"]
+__all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "DINOv2Model", "DINOv3Model", "NoSharding", "PretrainedModel",
+           "Sharding", "SigLIP", "SigLIPTextModel", "SigLIPVisionModel", "VisionTransformer", "make_tokamax_attention"]

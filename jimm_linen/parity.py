@@ -102,7 +102,8 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"vit": VIT_CONFIGS, "clip": CL
                                                   "dinov2": DINOV2_CONFIGS, "dinov3": DINOV3_CONFIGS}
 FULL: dict[str, dict[str, dict[str, Any]]] = {"vit": {"vit-b16": VIT_B16}, "clip": {"clip-vit-b32": CLIP_B32},
                                               "siglip": {"siglip-base16": SIGLIP_B16},
-                                              "dinov2": {"dinov2-s14": DINOV2_S14}, "dinov3": {"dinov3-s16": DINOV3_S16}}
+                                              "dinov2": {"dinov2-s14": DINOV2_S14},
+                                              "dinov3": {"dinov3-s16": DINOV3_S16}}
 
 
 def perturb_(model, seed: int, scale: float = 0.1) -> None:

@@ -16,6 +16,8 @@ from safetensors.numpy import load_file, save_file
 import jimm_linen
 from jimm_linen import DINOv2, DINOv2Config, DINOv3, DINOv3Config
 from jimm_linen.checkpoint import CheckpointError
+from jimm_linen.layers import patch_rope, torch_bicubic_matrix
+from jimm_linen.layers.rope import patch_centers
 from jimm_linen.parity import _quiet_transformers
 from tests.helpers import assert_close, nhwc
 
@@ -201,6 +203,29 @@ def test_bad_inputs_have_clear_errors(references):
         model.apply(variables, jnp.zeros((1, 30, 30, 3)))
     with pytest.raises(ValueError, match=r"bool_masked_pos has shape \(1, 4\)"):
         model.apply(variables, jnp.zeros((1, 28, 28, 3)), bool_masked_pos=jnp.zeros((1, 4), bool))
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("n_in,n_out", [(4, 6), (7, 3), (5, 5), (2, 9), (9, 2), (37, 16)])
+def test_bicubic_matrix_is_pytorch_interpolate(n_in, n_out, antialias):
+    x = np.random.RandomState(0).randn(3, n_in)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None, :, None, :].expand(1, 3, 2, n_in), size=(2, n_out), mode="bicubic",
+        align_corners=False, antialias=antialias)[0, :, 0].numpy()
+    np.testing.assert_allclose(x @ torch_bicubic_matrix(n_in, n_out, antialias).T, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("grid,head_dim,theta", [((4, 4), 16, 100.0), ((3, 7), 32, 1000.0), ((14, 14), 64, 100.0)])
+def test_rope_tables_are_hf(grid, head_dim, theta):
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTRopePositionEmbedding
+
+    hf = DINOv3ViTRopePositionEmbedding(transformers.DINOv3ViTConfig(
+        hidden_size=head_dim, num_attention_heads=1, rope_theta=theta, patch_size=1)).eval()
+    with torch.no_grad():
+        cos, sin = hf(torch.zeros(1, 3, *grid))
+    ours = patch_rope(patch_centers(*grid), head_dim, theta)
+    for a, b in zip(ours, (cos, sin)):
+        assert_close(a, b.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -1,6 +1,7 @@
 """jimm_linen: the canonical Flax Linen models of jimm."""
 
 from jimm_linen.layers.attention_fns import dot_product_attention, make_tokamax_attention
+from jimm_linen.models.dino import DINOv2, DINOv2Config, DINOv3, DINOv3Config
 from jimm_linen.models.image_text import (
     CLIP, CLIPConfig, ImageTextOutput, SigLIP, SigLIPConfig, TextConfig, TextTransformer, contrastive_loss,
     sigmoid_loss,
@@ -12,9 +13,10 @@ from jimm_linen.models.qwen3 import Qwen3, Qwen3Config
 from jimm_linen.models.vit import TowerOutput, ViT, ViTConfig
 from jimm_linen.outputs import CausalLMOutput
 
-__all__ = ["CLIP", "CLIPConfig", "CausalLM", "CausalLMConfig", "CausalLMOutput", "KVCache", "Llama", "LlamaConfig",
-           "Olmo2", "Olmo2Config", "Qwen3", "Qwen3Config", "ImageTextOutput", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
-           "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
+__all__ = ["CLIP", "CLIPConfig", "CausalLM", "CausalLMConfig", "CausalLMOutput", "DINOv2", "DINOv2Config", "DINOv3",
+           "DINOv3Config", "ImageTextOutput", "KVCache", "Llama", "LlamaConfig", "Olmo2", "Olmo2Config", "Qwen3",
+           "Qwen3Config", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer", "TowerOutput", "ViT", "ViTConfig",
+           "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
            "sigmoid_loss"]
 
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402

@@ -58,7 +58,7 @@ def _silu_derivative(x):
 gelu_exact = _with_derivative(lambda x: x * _cdf(x), _gelu_exact_derivative)
 gelu_tanh = _with_derivative(lambda x: jax.nn.gelu(x, approximate=True), _gelu_tanh_derivative)
 quick_gelu = _with_derivative(lambda x: x * jax.nn.sigmoid(1.702 * x), _quick_gelu_derivative)
-silu = _with_derivative(lambda x: x * jax.nn.sigmoid(x), _silu_derivative)
+silu = _with_derivative(jax.nn.silu, _silu_derivative)  # the gate of SwiGLU MLPs
 
 
 ACTIVATIONS: dict[str, Callable] = {

@@ -7,6 +7,7 @@ config with a fixed seed, saved with `save_pretrained`, and loaded by jimm from 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -64,6 +65,26 @@ SIGLIP_CONFIGS: dict[str, dict[str, Any]] = {
                            image_size=24, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)),
 }
 
+# Small DINOv2 configs: GELU and SwiGLU MLPs, with and without the mask token, registers (HF's
+# Dinov2WithRegistersModel: the configs with `num_register_tokens`, whose resizing antialiases).
+DINOV2_CONFIGS: dict[str, dict[str, Any]] = {
+    "dinov2-gelu-28px": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=28,
+                             patch_size=7, layerscale_value=0.5),
+    "dinov2-reg-swiglu-24px": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, image_size=24,
+                                   patch_size=8, use_swiglu_ffn=True, qkv_bias=False, layer_norm_eps=1e-5,
+                                   num_register_tokens=2),
+}
+
+# Small DINOv3 configs: plain and gated MLPs, registers or none, each bias switched.
+DINOV3_CONFIGS: dict[str, dict[str, Any]] = {
+    "dinov3-gelu-32px": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                             image_size=32, patch_size=8, num_register_tokens=4, layerscale_value=0.1),
+    "dinov3-swiglu-nobias-16px": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40,
+                                      image_size=16, patch_size=4, use_gated_mlp=True, hidden_act="silu",
+                                      mlp_bias=False, query_bias=False, key_bias=True, value_bias=False,
+                                      proj_bias=False, rope_theta=1000.0),
+}
+
 # The real sizes: some bugs only show at real sizes.
 VIT_B16: dict[str, Any] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                intermediate_size=3072, image_size=224, patch_size=16, num_labels=1000)
@@ -72,23 +93,30 @@ CLIP_B32: dict[str, Any] = {}  # transformers' CLIPConfig defaults are openai/cl
 # leaves at CLIP's (49406/49407, outside SigLIP's 32000-token vocabulary); that checkpoint
 # pads and ends with id 1.
 SIGLIP_B16: dict[str, Any] = dict(text_config=dict(pad_token_id=1, eos_token_id=1, bos_token_id=None))
+DINOV2_S14: dict[str, Any] = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518,
+                                  patch_size=14)  # facebook/dinov2-small
+DINOV3_S16: dict[str, Any] = dict(num_register_tokens=4)  # DINOv3ViTConfig's defaults are ViT-S/16 otherwise
 
 # family -> {name: HF config kwargs}: what `jimm parity` runs by default, and with `--full`.
-DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS}
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS,
+                                                  "dinov2": DINOV2_CONFIGS, "dinov3": DINOV3_CONFIGS}
 FULL: dict[str, dict[str, dict[str, Any]]] = {"vit": {"vit-b16": VIT_B16}, "clip": {"clip-vit-b32": CLIP_B32},
-                                              "siglip": {"siglip-base16": SIGLIP_B16}}
+                                              "siglip": {"siglip-base16": SIGLIP_B16},
+                                              "dinov2": {"dinov2-s14": DINOV2_S14},
+                                              "dinov3": {"dinov3-s16": DINOV3_S16}}
 
 
 def perturb_(model, seed: int, scale: float = 0.1) -> None:
-    """Add seeded noise to the norms and biases: HF initialises LayerNorms to (1, 0) and biases
-    to 0, which would hide a swapped scale/bias or a dropped bias. Matrices keep HF's random
-    init, so activations stay at realistic scales."""
+    """Add seeded noise to the norms, biases and every tensor HF initialises to zero: HF
+    initialises LayerNorms to (1, 0), biases to 0 and some tokens (DINO's mask and register
+    tokens) to 0, which would hide a swapped scale/bias or a dropped bias or token. Matrices
+    keep HF's random init, so activations stay at realistic scales."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.ndim <= 1:
+            if p.ndim <= 1 or not p.any():
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
 
 
@@ -114,16 +142,23 @@ def build_vit_reference(config_kwargs: dict[str, Any], out_dir: str | Path, seed
 
 
 def build_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):
-    """HF's PyTorch model of `family` ("vit", "clip", "siglip") with seeded random weights
-    (norms and biases perturbed), saved to `out_dir`."""
+    """HF's PyTorch model of `family` (a key of `DEFAULTS`) with seeded random weights (norms,
+    biases and zero-initialised tensors perturbed), saved to `out_dir`. A "dinov2" config with
+    `num_register_tokens` is HF's `Dinov2WithRegistersModel`."""
     if family == "vit":
         return build_vit_reference(config_kwargs, out_dir, seed)
     import torch
     import transformers
 
     _quiet_transformers()
+    if family == "dinov2" and "num_register_tokens" in config_kwargs:
+        family = "dinov2_with_registers"
     config_cls, model_cls = {"clip": (transformers.CLIPConfig, transformers.CLIPModel),
-                             "siglip": (transformers.SiglipConfig, transformers.SiglipModel)}[family]
+                             "siglip": (transformers.SiglipConfig, transformers.SiglipModel),
+                             "dinov2": (transformers.Dinov2Config, transformers.Dinov2Model),
+                             "dinov2_with_registers": (transformers.Dinov2WithRegistersConfig,
+                                                       transformers.Dinov2WithRegistersModel),
+                             "dinov3": (transformers.DINOv3ViTConfig, transformers.DINOv3ViTModel)}[family]
     torch.manual_seed(seed)
     model = model_cls(config_cls(**config_kwargs)).eval()
     perturb_(model, seed + 1)
@@ -168,9 +203,13 @@ def reference_outputs(model, pixel_values: np.ndarray, interpolate_pos_encoding:
     """`(output, hidden_states)`: logits (or pooled output, or last hidden state) and HF's hidden_states."""
     import torch
 
+    # DINOv2 always resizes its position embeddings and DINOv3 has none: their forward takes no
+    # interpolate_pos_encoding.
+    kwargs = {}
+    if "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
+        kwargs["interpolate_pos_encoding"] = interpolate_pos_encoding
     with torch.no_grad():
-        out = model(torch.from_numpy(pixel_values), output_hidden_states=True,
-                    interpolate_pos_encoding=interpolate_pos_encoding)
+        out = model(torch.from_numpy(pixel_values), output_hidden_states=True, **kwargs)
     if getattr(out, "logits", None) is not None:
         main = out.logits
     elif getattr(out, "pooler_output", None) is not None:

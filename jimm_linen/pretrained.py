@@ -18,6 +18,8 @@ from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import engine
 from jimm_linen.layers import scan_to_loop
 from jimm_linen.models.causal_lm import CausalLMConfig
+from jimm_linen.models.dino import DINOv2, DINOv2Config, DINOv3, DINOv3Config
+from jimm_linen.models.dino import hf as dino_hf
 from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer, tower_module
 from jimm_linen.models.image_text.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
 from jimm_linen.models.image_text import hf as clip_hf
@@ -62,6 +64,11 @@ FAMILIES: dict[str, Family] = {
     "llama": Family(Llama, llama_hf.keymap, LlamaConfig.from_hf_config),
     "qwen3": Family(Qwen3, qwen3_hf.keymap, Qwen3Config.from_hf_config),
     "olmo2": Family(Olmo2, olmo2_hf.keymap, Olmo2Config.from_hf_config),
+    "dinov2": Family(DINOv2, dino_hf.dinov2_keymap, DINOv2Config.from_hf_config,
+                     owns=lambda c: c.model_type == "dinov2"),
+    "dinov2_with_registers": Family(DINOv2, dino_hf.dinov2_keymap, DINOv2Config.from_hf_config,
+                                    owns=lambda c: c.model_type == "dinov2_with_registers"),
+    "dinov3_vit": Family(DINOv3, dino_hf.dinov3_keymap, DINOv3Config.from_hf_config),
 }
 
 

@@ -3,11 +3,12 @@
 
 from jimm_linen import make_tokamax_attention
 from jimm_nnx.models import (
-    CLIP, CLIPTextModel, CLIPVisionModel, PretrainedModel, SigLIP, SigLIPTextModel, SigLIPVisionModel,
-    VisionTransformer,
+    CLIP, CLIPTextModel, CLIPVisionModel, DINOv2Model, DINOv3Model, PretrainedModel, SigLIP, SigLIPTextModel,
+    SigLIPVisionModel, VisionTransformer,
 )
 from jimm_nnx.causal_lm import CausalLM, Llama, Olmo2, Qwen3
 from jimm_nnx.sharding import NoSharding, Sharding
 
-__all__ = ["CLIP", "CausalLM", "Llama", "Olmo2", "Qwen3", "CLIPTextModel", "CLIPVisionModel", "NoSharding", "PretrainedModel", "Sharding", "SigLIP",
-           "SigLIPTextModel", "SigLIPVisionModel", "VisionTransformer", "make_tokamax_attention"]
+__all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "CausalLM", "DINOv2Model", "DINOv3Model", "Llama", "NoSharding",
+           "Olmo2", "PretrainedModel", "Qwen3", "Sharding", "SigLIP", "SigLIPTextModel", "SigLIPVisionModel",
+           "VisionTransformer", "make_tokamax_attention"]

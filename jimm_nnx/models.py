@@ -15,6 +15,7 @@ from flax import nnx
 import bridge
 import jimm_linen
 from jimm_linen.layers import remat_policy
+from jimm_linen.models import dino as linen_dino
 from jimm_linen.models import image_text as linen_clip
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_linen.pretrained import FAMILIES
@@ -231,3 +232,32 @@ class SigLIPVisionModel(_VisionTower):
 
 class SigLIPTextModel(_TextTower):
     model_type = "siglip_text_model"
+
+
+class _DINO(VisionTransformer):
+    def __call__(self, images: jax.Array, train: bool = False, interpolate_pos_encoding: bool = True,
+                 return_hidden_states: bool = False, *, bool_masked_pos: jax.Array | None = None,
+                 rngs: RngsArg = None):
+        """The class token after the final LayerNorm (HF's `pooler_output`), or a
+        `jimm_linen.TowerOutput` with `return_hidden_states=True`. `bool_masked_pos`
+        `[batch, patches]` replaces those patches by the mask token."""
+        return self._run(images, train=train, rngs=rngs, interpolate_pos_encoding=interpolate_pos_encoding,
+                         return_hidden_states=return_hidden_states, bool_masked_pos=bool_masked_pos)
+
+
+class DINOv2Model(_DINO):
+    """`jimm_linen.DINOv2` as an `nnx.Module` (HF `Dinov2Model` and `Dinov2WithRegistersModel`
+    checkpoints); other resolutions resize the position embeddings as HF does."""
+
+    linen_cls = linen_dino.DINOv2
+    config_cls = linen_dino.DINOv2Config
+    model_type = "dinov2"
+
+
+class DINOv3Model(_DINO):
+    """`jimm_linen.DINOv3` as an `nnx.Module` (HF `DINOv3ViTModel` checkpoints); any image size
+    divisible by the patch size."""
+
+    linen_cls = linen_dino.DINOv3
+    config_cls = linen_dino.DINOv3Config
+    model_type = "dinov3_vit"

@@ -12,14 +12,15 @@ from typing import Any
 
 from jimm_linen import parity
 from jimm_linen.parity import ParityResult, Runner, no_progress
-from jimm_nnx.models import CLIP, SigLIP, VisionTransformer
+from jimm_nnx.models import CLIP, DINOv2Model, DINOv3Model, SigLIP, VisionTransformer
 from jimm_nnx.sharding import NoSharding
 
 
 def load_nnx(directory: Path) -> Callable[..., Any]:
     """jimm's NNX model for `directory` (its class picked by the config's `model_type`)."""
     model_type = json.loads((directory / "config.json").read_text())["model_type"]
-    cls = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP}[model_type]
+    cls = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP, "dinov2": DINOv2Model,
+           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model}[model_type]
     return cls.from_pretrained(directory, sharding=NoSharding())
 
 

@@ -41,6 +41,7 @@ TRACED = {  # the same functions left to autodiff
     "gelu": lambda v: jax.nn.gelu(v, approximate=False),
     "gelu_pytorch_tanh": lambda v: jax.nn.gelu(v, approximate=True),
     "quick_gelu": lambda v: v * jax.nn.sigmoid(1.702 * v),
+    "silu": lambda v: v * jax.nn.sigmoid(v),
 }
 
 

@@ -20,8 +20,9 @@ def test_parity_on_embedded_defaults(capsys):
     assert cli.main(["parity"]) == 0
     captured = capsys.readouterr()
     out, err = captured.out, captured.err
-    names = [name for family in ("vit", "clip", "siglip") for name in parity.DEFAULTS[family]]
-    assert len(names) == 7
+    assert list(parity.DEFAULTS) == ["vit", "clip", "siglip", "dinov2", "dinov3"]
+    names = [name for family in parity.DEFAULTS for name in parity.DEFAULTS[family]]
+    assert len(names) == 11
     for i, name in enumerate(names):
         assert f"| {name} " in out and f"| {name}@" in out
         assert f"building reference {i + 1}/{len(names)}: {name} (" in err

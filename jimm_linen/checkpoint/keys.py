@@ -241,19 +241,37 @@ def norm(hf: str, linen: str) -> list[Rule]:
 
 
 def encoder_rules(hf_layer: str, linen_block: str, hf_names: dict[str, str]) -> list[Rule]:
-    """One `jimm_linen.layers.EncoderBlock`; `hf_names` gives the HF module names of its pieces
-    (keys ln_0, q, k, v, o, ln_1, fc1, fc2)."""
+    """One `jimm_linen.layers.EncoderBlock`; `hf_names` gives the HF module names of its pieces:
+    ln_0, q, k, v, o, ln_1, then the MLP's, fc1 and fc2 (`MlpBlock`), or gate, up and down
+    (`GatedMlpBlock`), or gate_up (gate and up fused, in that order) and down; ls_0 and ls_1
+    name the LayerScale parameters where the block has them."""
     attn = f"{linen_block}/MultiHeadDotProductAttention_0"
-    return [
+    mlp = f"{linen_block}/MlpBlock_0"
+    rules = [
         *norm(f"{hf_layer}.{hf_names['ln_0']}", f"{linen_block}/LayerNorm_0"),
         *linear(f"{hf_layer}.{hf_names['q']}", f"{attn}/query", flat_bias=True),
         *linear(f"{hf_layer}.{hf_names['k']}", f"{attn}/key", flat_bias=True),
         *linear(f"{hf_layer}.{hf_names['v']}", f"{attn}/value", flat_bias=True),
         *linear(f"{hf_layer}.{hf_names['o']}", f"{attn}/out", in_dims=2),
         *norm(f"{hf_layer}.{hf_names['ln_1']}", f"{linen_block}/LayerNorm_1"),
-        *linear(f"{hf_layer}.{hf_names['fc1']}", f"{linen_block}/MlpBlock_0/Dense_0"),
-        *linear(f"{hf_layer}.{hf_names['fc2']}", f"{linen_block}/MlpBlock_0/Dense_1"),
     ]
+    if "fc1" in hf_names:
+        rules += [*linear(f"{hf_layer}.{hf_names['fc1']}", f"{mlp}/Dense_0"),
+                  *linear(f"{hf_layer}.{hf_names['fc2']}", f"{mlp}/Dense_1")]
+    elif "gate_up" in hf_names:
+        fused = f"{hf_layer}.{hf_names['gate_up']}"
+        for part, name in enumerate(("wi_0", "wi_1")):
+            rules += [Rule(f"{fused}.weight", f"{mlp}/{name}/kernel", Fused(LinearKernel(), part, 2)),
+                      Rule(f"{fused}.bias", f"{mlp}/{name}/bias", Fused(IDENTITY, part, 2))]
+        rules += linear(f"{hf_layer}.{hf_names['down']}", f"{mlp}/wo")
+    else:
+        rules += [*linear(f"{hf_layer}.{hf_names['gate']}", f"{mlp}/wi_0"),
+                  *linear(f"{hf_layer}.{hf_names['up']}", f"{mlp}/wi_1"),
+                  *linear(f"{hf_layer}.{hf_names['down']}", f"{mlp}/wo")]
+    for i in (0, 1):
+        if f"ls_{i}" in hf_names:
+            rules.append(Rule(f"{hf_layer}.{hf_names[f'ls_{i}']}", f"{linen_block}/LayerScale_{i}/scale"))
+    return rules
 
 
 def _template_regex(template: str) -> re.Pattern:

@@ -26,15 +26,17 @@ QK_NORMS = (None, "head", "projection")
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention with kernels named `("embed", "heads", "kv")`.
 
-    Decoder options: `num_kv_heads` key/value heads shared by groups of query heads (kernels
-    named `kv_heads`); `qk_norm` "head" (an RMSNorm over each head's dims, Qwen3) or
-    "projection" (over the whole query / key projection, OLMo 2), before the rotary embedding;
-    `out_bias` for the output projection.
+    `qkv_bias`: one flag for the query, key and value projections, or a `(q, k, v)` tuple
+    (DINOv3 has no key bias); `out_bias`: the output projection's. Decoder options:
+    `num_kv_heads` key/value heads shared by groups of query heads (kernels named `kv_heads`);
+    `qk_norm` "head" (an RMSNorm over each head's dims, Qwen3) or "projection" (over the whole
+    query / key projection, OLMo 2), before the rotary embedding.
     """
 
     num_heads: int
     head_dim: int
-    qkv_bias: bool = True
+    qkv_bias: bool | tuple[bool, bool, bool] = True
+    out_bias: bool = True
     attention_fn: Any = None
     attention_dropout: float = 0.0
     dtype: Any = None
@@ -44,12 +46,12 @@ class MultiHeadAttention(nn.Module):
     qk_norm: str | None = None
     norm_eps: float = 1e-6
     norm_order: str = "cast_then_scale"
-    out_bias: bool = True
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv=None, mask=None, deterministic: bool = True,
                  is_causal: bool = False, rotary=None, cache=None):
-        """`rotary`: `(cos, sin)` `[B, T, head_dim]` rotating queries and keys. `cache`:
+        """`rotary`: `(cos, sin)` rotating queries and keys (see `layers.rope.apply_rotary`:
+        `[B, T, head_dim]` per token, or `[P, head_dim]` for the last `P` tokens). `cache`:
         `(keys, values, index)` with `[B, L, K, head_dim]` buffers; the new keys and values are
         written at `index` and the queries attend over the whole buffer under `mask`
         (`[B, 1, T, L]`); then the call returns `(out, (keys, values))`."""
@@ -62,19 +64,21 @@ class MultiHeadAttention(nn.Module):
         kv_heads = self.num_kv_heads if grouped else self.num_heads
         if self.num_heads % kv_heads:
             raise ValueError(f"num_key_value_heads {kv_heads} does not divide num_attention_heads {self.num_heads}")
+        biases = self.qkv_bias if isinstance(self.qkv_bias, tuple) else (self.qkv_bias,) * 3
 
-        def proj(name, x, heads, heads_axis):
+        def proj(name, x, heads, heads_axis, use_bias):
             y = DenseGeneral(
                 features=(heads, self.head_dim), kernel_axes=("embed", heads_axis, "kv"),
-                use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=kernel_init, name=name,
             )(x)
             y = constrain(y, ("act_batch", "act_length", f"act_{heads_axis}", "act_kv"))
             return checkpoint_name(y, f"{name}_proj")
 
         kv_axis = "kv_heads" if grouped else "heads"
-        q = proj("query", inputs_q, self.num_heads, "heads")
-        k, v = proj("key", inputs_kv, kv_heads, kv_axis), proj("value", inputs_kv, kv_heads, kv_axis)
+        q = proj("query", inputs_q, self.num_heads, "heads", biases[0])
+        k = proj("key", inputs_kv, kv_heads, kv_axis, biases[1])
+        v = proj("value", inputs_kv, kv_heads, kv_axis, biases[2])
         if self.qk_norm:
             q, k = self._norm("query_norm", q), self._norm("key_norm", k)
         if rotary is not None:

@@ -65,38 +65,53 @@ class PatchEmbedding(nn.Module):
 
 
 @functools.lru_cache(maxsize=64)
-def torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """The (out, in) matrix of `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`.
+def torch_bicubic_matrix(in_size: int, out_size: int, antialias: bool = False) -> np.ndarray:
+    """The (out, in) matrix of `torch.nn.functional.interpolate(mode="bicubic",
+    align_corners=False, antialias=antialias)` along one axis, with `size=` given.
 
-    PyTorch uses the cubic convolution kernel with a = -0.75, source index `(dst + 0.5) * in/out
-    - 0.5` (not clamped for cubic), border-replicated taps and no antialiasing;
-    `jax.image.resize` uses a = -0.5 with antialiasing, which gives other numbers.
+    Without antialiasing PyTorch uses the cubic convolution kernel with a = -0.75, source
+    index `(dst + 0.5) * in/out - 0.5` (not clamped for cubic) and border-replicated taps. With
+    it (PIL's filter): a = -0.5, the kernel stretched by `in/out` when shrinking, taps that
+    fall outside the input dropped and each row's weights renormalised to sum to 1.
+    `jax.image.resize` matches neither.
     """
-    a = -0.75
-
-    def near(t):  # |t| <= 1
-        return ((a + 2) * t - (a + 3)) * t * t + 1
-
-    def far(t):  # 1 < |t| < 2
-        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-
     m = np.zeros((out_size, in_size), dtype=np.float64)
     scale = in_size / out_size
+    if antialias:
+        support = 2.0 * max(scale, 1.0)
+        inv = 1.0 / scale if scale >= 1.0 else 1.0
+        for dst in range(out_size):
+            center = scale * (dst + 0.5)
+            lo = max(int(center - support + 0.5), 0)
+            hi = min(int(center + support + 0.5), in_size)
+            taps = np.array([_cubic((j - center + 0.5) * inv, -0.5) for j in range(lo, hi)])
+            m[dst, lo:hi] = taps / taps.sum()
+        return m
     for dst in range(out_size):
         src = (dst + 0.5) * scale - 0.5
         i0 = int(np.floor(src))
         t = src - i0
-        weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
-        for k, wgt in enumerate(weights):
+        for k, wgt in enumerate(_cubic(d, -0.75) for d in (t + 1, t, 1 - t, 2 - t)):
             m[dst, min(max(i0 - 1 + k, 0), in_size - 1)] += wgt
     return m
 
 
-def resize_position_grid(grid: jax.Array, new_hw: tuple[int, int]) -> jax.Array:
-    """Bicubically resize a `(h, w, d)` grid of position embeddings exactly as HF/PyTorch do."""
+def _cubic(t: float, a: float) -> float:
+    """Keys' cubic convolution kernel with parameter `a`."""
+    t = abs(t)
+    if t <= 1:
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+    if t < 2:
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return 0.0
+
+
+def resize_position_grid(grid: jax.Array, new_hw: tuple[int, int], antialias: bool = False) -> jax.Array:
+    """Bicubically resize a `(h, w, d)` grid of position embeddings exactly as HF/PyTorch do
+    (`antialias` as `torch.nn.functional.interpolate`'s)."""
     h, w, _ = grid.shape
-    mh = jnp.asarray(torch_bicubic_matrix(h, new_hw[0]), jnp.float32)
-    mw = jnp.asarray(torch_bicubic_matrix(w, new_hw[1]), jnp.float32)
+    mh = jnp.asarray(torch_bicubic_matrix(h, new_hw[0], antialias), jnp.float32)
+    mw = jnp.asarray(torch_bicubic_matrix(w, new_hw[1], antialias), jnp.float32)
     # Width first, then height: the order PyTorch's separable kernel sums in. Always in float32
     # (bf16 would round the weights), cast back at the end.
     tmp = jnp.einsum("bw,hwd->hbd", mw, grid.astype(jnp.float32), precision="highest")

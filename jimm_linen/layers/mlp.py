@@ -1,4 +1,4 @@
-"""The transformer feed-forward block."""
+"""The transformer feed-forward blocks: plain (`Dense_0 -> act -> Dense_1`) and gated (SwiGLU)."""
 
 from __future__ import annotations
 
@@ -12,49 +12,48 @@ from jimm_linen.activations import get_activation
 from jimm_linen.layers.linear import DenseGeneral
 from jimm_linen.partitioning import constrain
 
+ACT_MLP = ("act_batch", "act_length", "act_mlp")
+
 
 class MlpBlock(nn.Module):
     """`Dense_1(act(Dense_0(x)))`, the hidden dimension named `mlp`."""
 
     mlp_dim: int
     hidden_act: str = "gelu"
+    use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
 
     @nn.compact
     def __call__(self, x):
-        embed = x.shape[-1]
-        h = DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), dtype=self.dtype,
-                         param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                         name="Dense_0")(x)
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        h = DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="Dense_0", **kw)(x)
         h = checkpoint_name(h, "mlp_in")
         h = get_activation(self.hidden_act)(h)
-        h = constrain(h, ("act_batch", "act_length", "act_mlp"))
-        y = DenseGeneral(embed, kernel_axes=("mlp", "embed"), dtype=self.dtype,
-                         param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                         name="Dense_1")(h)
+        h = constrain(h, ACT_MLP)
+        y = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="Dense_1", **kw)(h)
         return checkpoint_name(y, "mlp_out")
 
 
-class GatedMlp(nn.Module):
-    """`wo(act(wi_0(x)) * wi_1(x))`: the gated feed-forward (SwiGLU with `silu`) of the
-    decoders; `wi_0` is HF's `gate_proj`, `wi_1` its `up_proj`, `wo` its `down_proj`."""
+class GatedMlpBlock(nn.Module):
+    """`wo(act(wi_0(x)) * wi_1(x))` (SwiGLU with `hidden_act="silu"`); MaxText's names."""
 
     mlp_dim: int
     hidden_act: str = "silu"
-    use_bias: bool = False
+    use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                  kernel_init=self.kernel_init)
-        gate = DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_0", **kw)(x)
-        up = DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_1", **kw)(x)
-        h = checkpoint_name(get_activation(self.hidden_act)(gate) * up, "mlp_in")
-        h = constrain(h, ("act_batch", "act_length", "act_mlp"))
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        # Both input projections carry the `mlp_in` tag, so the "minimal" remat policy keeps
+        # them as it keeps the plain block's one.
+        gate = checkpoint_name(DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_0", **kw)(x), "mlp_in")
+        up = checkpoint_name(DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_1", **kw)(x), "mlp_in")
+        h = constrain(get_activation(self.hidden_act)(gate) * up, ACT_MLP)
         y = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **kw)(h)
         return checkpoint_name(y, "mlp_out")
+

@@ -1,5 +1,6 @@
-"""Rotary position embeddings with HF's `rope_type`s: `default`, `linear`, `dynamic`, `yarn`,
-`llama3` (transformers' `modeling_rope_utils.py` is the reference, value for value).
+"""Rotary position embeddings: the rotation (HF's `rotate_half` form), the decoders' frequencies
+for HF's `rope_type`s `default`, `linear`, `dynamic`, `yarn`, `llama3` (transformers'
+`modeling_rope_utils.py` is the reference, value for value), and DINOv3's 2-D patch frequencies.
 
 `Rope` holds a config's rope parameters, read from transformers 5's `rope_parameters` or from
 the `rope_theta` + `rope_scaling` keys that hub configs still carry, and written back as
@@ -164,10 +165,42 @@ def rotary_embedding(rope: Rope, positions: jax.Array, head_dim: int,
     return jnp.cos(emb) * attention_factor, jnp.sin(emb) * attention_factor
 
 
+def rotate_half(x: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate `x [B, T, heads, head_dim]` by `cos`, `sin` `[B, T, head_dim]` (HF's
-    `rotate_half` convention: the two halves of the head are the pairs), in `x`'s dtype."""
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    """Rotate `x [B, T, heads, head_dim]` in its dtype, as HF does. `cos`, `sin`: `[B, T, head_dim]`
+    (a decoder's per-row positions), or `[P, head_dim]` for the last `P` tokens only (image
+    patches; the `T - P` tokens before them, a class token and registers, stay as they are)."""
+    if cos.ndim == 3:
+        cos, sin = (a[:, :, None, :].astype(x.dtype) for a in (cos, sin))
+        return x * cos + rotate_half(x) * sin
+    p = cos.shape[0]
+    prefix, tokens = x[:, : x.shape[1] - p], x[:, x.shape[1] - p:]
+    cos, sin = (a.astype(x.dtype)[None, :, None, :] for a in (cos, sin))
+    return jnp.concatenate([prefix, tokens * cos + rotate_half(tokens) * sin], axis=1)
+
+
+def patch_centers(grid_h: int, grid_w: int) -> np.ndarray:
+    """`(grid_h * grid_w, 2)` float32 `(y, x)` patch centres in [-1, 1], row-major, as HF's
+    `get_patches_center_coordinates` computes them."""
+    ys = np.arange(0.5, grid_h, dtype=np.float32) / np.float32(grid_h)
+    xs = np.arange(0.5, grid_w, dtype=np.float32) / np.float32(grid_w)
+    coords = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+    return np.float32(2.0) * coords - np.float32(1.0)
+
+
+def patch_rope(coords: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """`(cos, sin)`, each `[P, head_dim]` float32, for patch coordinates `[P, 2]`
+    (HF `DINOv3ViTRopePositionEmbedding`): `head_dim / 4` frequencies per axis, the y angles
+    then the x angles, the whole repeated twice to pair with `rotate_half`."""
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head_dim divisible by 4, got {head_dim}")
+    # HF: 1 / theta ** torch.arange(0, 1, 4 / head_dim) in float32.
+    exponents = (np.arange(head_dim // 4, dtype=np.float64) * (4 / head_dim)).astype(np.float32)
+    inv_freq = np.float32(1) / np.power(np.float32(theta), exponents)
+    angles = np.float32(2 * math.pi) * coords[:, :, None] * inv_freq[None, None, :]
+    angles = jnp.tile(angles.reshape(angles.shape[0], -1), (1, 2))
+    return jnp.cos(angles), jnp.sin(angles)

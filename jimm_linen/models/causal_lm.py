@@ -27,7 +27,7 @@ from jimm_linen.layers.stack import Stacked
 from jimm_linen.layers.attention import MultiHeadAttention
 from jimm_linen.layers.embed import Embed
 from jimm_linen.layers.linear import default_kernel_init
-from jimm_linen.layers.mlp import GatedMlp
+from jimm_linen.layers.mlp import GatedMlpBlock
 from jimm_linen.layers.norm import RMSNorm
 from jimm_linen.layers.rope import Rope, rotary_embedding
 from jimm_linen.models.base import Model
@@ -167,8 +167,8 @@ def self_attention(cfg: CausalLMConfig, attention_fn, dtype, param_dtype) -> Mul
         name="self_attention")
 
 
-def mlp(cfg: CausalLMConfig, dtype, param_dtype) -> GatedMlp:
-    return GatedMlp(cfg.intermediate_size, cfg.hidden_act, use_bias=cfg.mlp_bias, dtype=dtype,
+def mlp(cfg: CausalLMConfig, dtype, param_dtype) -> GatedMlpBlock:
+    return GatedMlpBlock(cfg.intermediate_size, cfg.hidden_act, use_bias=cfg.mlp_bias, dtype=dtype,
                     param_dtype=param_dtype, kernel_init=default_kernel_init(cfg.initializer_range), name="mlp")
 
 

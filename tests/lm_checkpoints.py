@@ -34,3 +34,32 @@ def batch(seed: int = 0, left_pad=(0, 3, 0, 5)) -> dict[str, np.ndarray]:
     ids = rng.integers(0, LLAMA["vocab_size"], (BATCH, LENGTH)).astype(np.int32)
     mask = np.arange(LENGTH)[None, :] >= np.asarray(left_pad)[:, None]
     return {"input_ids": np.where(mask, ids, 0).astype(np.int32), "attention_mask": mask}
+
+
+def hand_weights(mask, loss_mask=None) -> np.ndarray:
+    """Which next tokens count, written out: target j (predicted at j - 1) counts when tokens
+    j - 1 and j are real and j is selected by the loss mask. `[B, T - 1]`."""
+    b, t = mask.shape
+    loss_mask = np.ones((b, t), bool) if loss_mask is None else loss_mask
+    w = np.zeros((b, t - 1), bool)
+    for i in range(b):
+        for j in range(1, t):
+            w[i, j - 1] = mask[i, j - 1] and mask[i, j] and loss_mask[i, j]
+    return w
+
+
+def hf_positions(mask) -> np.ndarray:
+    """The position ids HF's `generate` gives a left-padded batch (padding at 1)."""
+    return np.where(mask, np.cumsum(mask, axis=1) - 1, 1)
+
+
+def hf_forward(hf, ids, mask, loss_mask=None):
+    """HF's output on a left-padded batch, with the loss of the targets `hand_weights` counts
+    as its `labels=` loss (every other label -100)."""
+    import torch
+
+    keep = np.concatenate([np.zeros((ids.shape[0], 1), bool), hand_weights(mask, loss_mask)], axis=1)
+    labels = np.where(keep, ids, -100)
+    with torch.no_grad():
+        return hf(torch.from_numpy(np.asarray(ids)).long(), attention_mask=torch.from_numpy(np.asarray(mask)).long(),
+                  position_ids=torch.from_numpy(hf_positions(mask)).long(), labels=torch.from_numpy(labels).long())

@@ -81,17 +81,17 @@ def assert_specs(params: dict, preset: str):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("llama")
-    lmc.build_llama(directory)
-    return directory
+    return directory, lmc.build_llama(directory)
 
 
 @pytest.fixture(scope="module")
 def unsharded(checkpoint):
-    model, variables = jimm_linen.from_pretrained(checkpoint)
+    """The unsharded load, the batch, and HF's loss on it (the references are HF's, so no
+    unsharded program needs compiling here)."""
+    directory, hf = checkpoint
+    model, variables = jimm_linen.from_pretrained(directory)
     data = lmc.batch()
-    loss = jax.jit(lambda v: training.next_token_loss(model, v, data["input_ids"], data["attention_mask"],
-                                                      chunk_size=CHUNK)[0])(variables)
-    return model, variables, data, float(loss)
+    return model, variables, data, lmc.hf_forward(hf, data["input_ids"], data["attention_mask"]).loss.item()
 
 
 # --- loading into shardings, the KV cache -------------------------------------------------------
@@ -99,7 +99,7 @@ def unsharded(checkpoint):
 @pytest.mark.parametrize("preset", sorted(KERNELS))
 def test_from_pretrained_into_preset_shardings(checkpoint, unsharded, preset):
     mesh = make_mesh(AxisType.Explicit)
-    model, variables = jimm_linen.from_pretrained(checkpoint, mesh=mesh, rules=preset)
+    model, variables = jimm_linen.from_pretrained(checkpoint[0], mesh=mesh, rules=preset)
     assert_specs(variables["params"], preset)
     expected = pt.param_shardings(model, *model.config.dummy_inputs(), mesh=mesh, rules=preset)
     jax.tree.map(lambda x, s: np.testing.assert_equal(x.sharding, s), variables["params"], expected)
@@ -116,30 +116,34 @@ def prefill_and_decode(model, variables, ids, mask, next_ids):
 
 
 @pytest.fixture(scope="module")
-def unsharded_decode(unsharded):
-    model, variables, data, _ = unsharded
-    next_ids = data["input_ids"][:, :1]
-    return next_ids, jax.jit(lambda *a: prefill_and_decode(model, *a))(
-        variables, data["input_ids"], data["attention_mask"], next_ids)
+def hf_decode(checkpoint, unsharded):
+    """HF's logits for the prompt, and for one more token after it (the decode step)."""
+    _, hf = checkpoint
+    ids, mask = unsharded[2]["input_ids"], unsharded[2]["attention_mask"]
+    next_ids = ids[:, -1:][::-1].copy()
+    prompt = lmc.hf_forward(hf, ids, mask).logits.numpy()
+    longer = lmc.hf_forward(hf, np.concatenate([ids, next_ids], 1), np.concatenate([mask, np.ones_like(next_ids, bool)], 1))
+    return next_ids, prompt, longer.logits.numpy()[:, -1:]
 
 
 @pytest.mark.parametrize("preset", sorted(CACHE))
-def test_kv_cache_sharded_prefill_and_decode(checkpoint, unsharded, unsharded_decode, preset):
+def test_kv_cache_sharded_prefill_and_decode(checkpoint, unsharded, hf_decode, preset):
     _, _, data, _ = unsharded
-    next_ids, (ref_logits, ref_step, ref_cache) = unsharded_decode
+    next_ids, ref_logits, ref_step = hf_decode
     mesh = make_mesh(AxisType.Auto)
-    model, variables = jimm_linen.from_pretrained(checkpoint, mesh=mesh, rules=preset)
+    model, variables = jimm_linen.from_pretrained(checkpoint[0], mesh=mesh, rules=preset)
     inputs = [jax.device_put(x, pt.data_sharding(x.shape, mesh, preset))
               for x in (data["input_ids"], data["attention_mask"], next_ids)]
     with pt.activation_sharding(mesh, preset):
         logits, step_logits, cache = jax.jit(lambda *a: prefill_and_decode(model, *a))(variables, *inputs)
     mask = data["attention_mask"]
-    assert_close(np.asarray(logits)[mask], np.asarray(ref_logits)[mask], what="prefill logits")
+    assert_close(np.asarray(logits)[mask], ref_logits[mask], what="prefill logits")
     assert_close(step_logits, ref_step, what="decode logits")
-    for got, want in ((cache.keys, ref_cache.keys), (cache.values, ref_cache.values)):
+    for got in (cache.keys, cache.values):
         assert padded(got.sharding.spec, got.ndim) == CACHE[preset], got.sharding.spec
-        assert_close(got, want, what="cache")
-    np.testing.assert_array_equal(cache.mask, ref_cache.mask)
+        assert got.addressable_shards[0].data.size < got.size
+    np.testing.assert_array_equal(cache.mask, np.concatenate([mask, np.ones((mask.shape[0], 1), bool),
+                                                              np.zeros((mask.shape[0], 3), bool)], 1))
     # `logical_shardings` gives the cache the layout the model's constraints do.
     expected = pt.logical_shardings(cache, KVCache.logical_axes(), mesh, preset)
     assert cache.keys.sharding.is_equivalent_to(expected.keys, 5)
@@ -147,8 +151,10 @@ def test_kv_cache_sharded_prefill_and_decode(checkpoint, unsharded, unsharded_de
 
 # --- train steps ------------------------------------------------------------------------------
 
-LINEN_CASES = {"tp-explicit": ("tp", AxisType.Explicit), "fsdp_tp-auto": ("fsdp_tp", AxisType.Auto)}
-NNX_CASES = {"fsdp-explicit": ("fsdp", AxisType.Explicit), "tp-auto": ("tp", AxisType.Auto)}
+# case -> (preset, mesh axis type, remat policy): the runs with remat must match those without
+# (the checkpoint test resumes the fsdp_tp run, remat "full", without remat and with "minimal").
+LINEN_CASES = {"tp-explicit": ("tp", AxisType.Explicit, "none"), "fsdp_tp-auto": ("fsdp_tp", AxisType.Auto, "full")}
+NNX_CASES = {"fsdp-explicit": ("fsdp", AxisType.Explicit, "minimal"), "tp-auto": ("tp", AxisType.Auto, "none")}
 SAVED_BY = "fsdp_tp-auto"  # the run that writes the checkpoint after 2 steps
 
 
@@ -161,9 +167,9 @@ class Runs:
 
     def linen_run(self, case):
         if case not in self.linen:
-            preset, axis_type = LINEN_CASES[case]
+            preset, axis_type, remat = LINEN_CASES[case]
             mesh = make_mesh(axis_type)
-            model, variables = jimm_linen.from_pretrained(self.checkpoint, mesh=mesh, rules=preset)
+            model, variables = jimm_linen.from_pretrained(self.checkpoint, mesh=mesh, rules=preset, remat_policy=remat)
             step = training.make_train_step(model, TX, mesh=mesh, rules=preset, chunk_size=CHUNK)
             state = training.init_train_state(model, TX, variables["params"], mesh=mesh, rules=preset)
             first, losses = state, []
@@ -178,11 +184,12 @@ class Runs:
 
     def nnx_run(self, case):
         if case not in self.nnx:
-            preset, axis_type = NNX_CASES[case]
+            preset, axis_type, remat = NNX_CASES[case]
             mesh = make_mesh(axis_type)
             with jax.set_mesh(mesh):  # jimm's recipe: the model is built and trained under the mesh
                 sharding = None if preset == "fsdp" else preset  # the default is FSDP on the current mesh
-                lm = jimm_nnx.CausalLM.from_pretrained(self.checkpoint, sharding=sharding)
+                lm = jimm_nnx.CausalLM.from_pretrained(self.checkpoint, sharding=sharding,
+                                                       use_gradient_checkpointing=remat if remat != "none" else False)
                 optimizer = nnx.Optimizer(lm, TX, wrt=nnx.Param)
                 step = jimm_nnx.make_train_step(chunk_size=CHUNK)
                 losses = [float(step(lm, optimizer, self.unsharded[2])["loss"]) for _ in range(STEPS)]
@@ -192,7 +199,7 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(checkpoint, unsharded, tmp_path_factory):
-    return Runs(checkpoint, unsharded, tmp_path_factory.mktemp("train_ckpt"))
+    return Runs(checkpoint[0], unsharded, tmp_path_factory.mktemp("train_ckpt"))
 
 
 def assert_trains(losses, unsharded_loss):
@@ -206,6 +213,7 @@ def test_linen_train_step_sharded(runs, unsharded, case):
     assert_trains(run["losses"], unsharded[3])
     state = run["state"]
     assert int(state.step) == STEPS and run["donated"]
+    assert run["step"].jitted._cache_size() == 1  # the new state has the shardings the step takes
     assert_specs(state.params, run["preset"])
     shardings = training.train_state_shardings(run["model"], TX, mesh=run["mesh"], rules=run["preset"])
     jax.tree.map(lambda x, s: np.testing.assert_equal(x.sharding, s), state, shardings)
@@ -233,9 +241,9 @@ def test_nnx_train_step_sharded(runs, unsharded, case):
 # --- checkpoints across meshes and APIs ---------------------------------------------------------
 
 def test_checkpoint_resumes_on_other_meshes_and_apis(runs, unsharded):
-    """The fsdp_tp run (Auto mesh) saved after 2 steps; its 3rd step is the uninterrupted one.
-    Restored onto the tp run's Explicit mesh (Linen) and onto the FSDP recipe's NNX model, the
-    next step gives that step's loss and parameters."""
+    """The fsdp_tp run (Auto mesh, remat "full") saved after 2 steps; its 3rd step is the
+    uninterrupted one. Restored onto the tp run's Explicit mesh (Linen, no remat) and onto the
+    FSDP recipe's NNX model (remat "minimal"), the next step gives that step's loss and state."""
     saved = runs.linen_run(SAVED_BY)
     assert checkpointing.latest_step(runs.directory) == STEPS - 1
     want_loss, want = saved["losses"][-1], jax.tree.map(np.asarray, saved["state"])
@@ -245,6 +253,7 @@ def test_checkpoint_resumes_on_other_meshes_and_apis(runs, unsharded):
     state = checkpointing.restore(runs.directory, target)
     assert_specs(state.params, "tp")
     state, metrics = linen["step"](state, unsharded[2])
+    assert linen["step"].jitted._cache_size() == 1  # restored exactly onto the step's shardings
     assert_close(metrics["loss"], want_loss, what="resumed Linen loss")
     jax.tree.map(lambda x, w: assert_close(x, w, what="resumed Linen state"), state, want)
 

@@ -28,17 +28,6 @@ def llama(tmp_path_factory):
     return hf, model, variables
 
 
-def hand_weights(mask, loss_mask):
-    """Which next tokens count, written out: target j (predicted at j - 1) counts when tokens
-    j - 1 and j are real and j is selected by the loss mask."""
-    b, t = mask.shape
-    w = np.zeros((b, t - 1), bool)
-    for i in range(b):
-        for j in range(1, t):
-            w[i, j - 1] = mask[i, j - 1] and mask[i, j] and loss_mask[i, j]
-    return w
-
-
 def prompt_mask_batch():
     """The left-padded batch with the first 4 real tokens of every row as the prompt."""
     data = lmc.batch()
@@ -75,7 +64,7 @@ def reference(llama):
     """The full-logits loss and its gradients on the prompt-masked batch, and its program."""
     _, model, variables = llama
     ids, mask, loss_mask = prompt_mask_batch()
-    weights = hand_weights(mask, loss_mask)
+    weights = lmc.hand_weights(mask, loss_mask)
     fn = jax.jit(jax.value_and_grad(lambda v: full_logits_loss(model, v, ids, mask, weights))).lower(variables).compile()
     return fn(variables), fn.as_text()
 
@@ -87,7 +76,7 @@ def test_next_token_weights():
     targets, weights = training.next_token_weights(ids, mask, loss_mask)
     np.testing.assert_array_equal(targets, np.asarray(ids)[:, 1:])
     np.testing.assert_array_equal(weights, [[0, 0, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]])
-    np.testing.assert_array_equal(weights, hand_weights(mask, loss_mask))
+    np.testing.assert_array_equal(weights, lmc.hand_weights(mask, loss_mask))
     _, weights = training.next_token_weights(ids)
     assert np.asarray(weights).all() and weights.shape == (3, 4)
 
@@ -103,20 +92,18 @@ def test_loss_equals_hf_labels_loss(llama, chunk4):
     plain = lmc.batch(left_pad=(0, 0, 0, 0))["input_ids"]
     ones = np.ones_like(mask)
     with torch.no_grad():
-        want = hf(torch.from_numpy(plain).long(), labels=torch.from_numpy(plain).long()).loss.item()
+        out = hf(torch.from_numpy(plain).long(), labels=torch.from_numpy(plain).long())
+        by_hand = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]),
+                                                    torch.from_numpy(plain[:, 1:]).long().reshape(-1))
     (loss, count), _ = chunk4(variables, plain, ones, ones)
-    assert_close(loss, want, what="unpadded loss")
+    assert_close(loss, out.loss.item(), what="unpadded loss vs HF labels=")
+    assert_close(loss, by_hand.item(), what="unpadded loss vs torch cross_entropy")
     assert int(count) == plain.shape[0] * (plain.shape[1] - 1)
 
-    keep = np.concatenate([np.zeros((ids.shape[0], 1), bool), hand_weights(mask, loss_mask)], axis=1)
-    labels = np.where(keep, ids, -100)
-    positions = np.where(mask, np.cumsum(mask, axis=1) - 1, 1)
-    with torch.no_grad():
-        out = hf(torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-                 position_ids=torch.from_numpy(positions).long(), labels=torch.from_numpy(labels).long())
+    out = lmc.hf_forward(hf, ids, mask, loss_mask)
     (loss, count), _ = chunk4(variables, ids, mask, loss_mask)
     assert_close(loss, out.loss.item(), what="left-padded, prompt-masked loss")
-    assert int(count) == int(keep.sum())
+    assert int(count) == int(lmc.hand_weights(mask, loss_mask).sum())
 
 
 def test_chunked_loss_and_gradients_equal_full_logits(llama, chunk4, reference):
@@ -158,29 +145,36 @@ def test_no_full_logits_in_the_compiled_gradient(llama, chunk4, reference):
     assert _big_logit_buffers(reference[1], b, t - 1, vocab)
 
 
-def test_remat_policies_give_the_same_gradients(llama, chunk4):
+def test_remat_policy_gives_the_same_gradients(llama, chunk4):
+    """`minimal` keeps the tagged projections and recomputes the rest. (`full` trains the
+    fsdp_tp run of tests/test_decoder_sharding.py, whose steps equal runs without remat.)"""
     _, model, variables = llama
     args = (variables, *prompt_mask_batch())
-    (_, ref) = chunk4(*args)
-    for policy in ("minimal", "full"):
-        _, grads = compiled_loss_and_grad(model.clone(remat_policy=policy), variables, 4)(*args)
-        jax.tree.map(lambda g, r: assert_close(g, r, what=f"gradient under remat {policy}"), grads, ref)
+    _, ref = chunk4(*args)
+    _, grads = compiled_loss_and_grad(model.clone(remat_policy="minimal"), variables, 4)(*args)
+    jax.tree.map(lambda g, r: assert_close(g, r, what="gradient under remat minimal"), grads, ref)
 
 
 def fresh_params(variables):
     return jax.tree.map(jnp.copy, variables["params"])  # a donating step deletes what it is given
 
 
-def test_bf16_compute_with_float32_params_trains(llama, chunk4):
-    _, model, variables = llama
-    bf16 = model.clone(dtype=jnp.bfloat16)
+@pytest.fixture(scope="module")
+def bf16(llama):
+    """bf16 compute, float32 parameters: the module and its train step (compiled once)."""
+    _, model, _ = llama
+    module = model.clone(dtype=jnp.bfloat16)
+    tx = optax.adamw(1e-2, weight_decay=0.1)
+    return module, tx, training.make_train_step(module, tx, chunk_size=4)
+
+
+def test_bf16_compute_with_float32_params_trains(llama, chunk4, bf16):
+    _, _, variables = llama
+    module, tx, step = bf16
     data = lmc.batch()
-    hidden = jax.eval_shape(lambda v: bf16.apply(v, data["input_ids"], method="hidden")[0], variables)
+    hidden = jax.eval_shape(lambda v: module.apply(v, data["input_ids"], method="hidden")[0], variables)
     assert hidden.dtype == jnp.bfloat16
-    tx = optax.adamw(1e-2)
-    state = training.init_train_state(bf16, tx, fresh_params(variables))
-    step = training.make_train_step(bf16, tx, chunk_size=4)
-    losses = []
+    state, losses = training.init_train_state(module, tx, fresh_params(variables)), []
     for _ in range(4):
         state, metrics = step(state, data)
         losses.append(float(metrics["loss"]))
@@ -191,26 +185,27 @@ def test_bf16_compute_with_float32_params_trains(llama, chunk4):
     assert abs(losses[0] - float(f32_loss)) <= 2e-2 * float(f32_loss)  # bf16's documented bound
 
 
-def test_resumed_run_equals_uninterrupted(llama, tmp_path):
-    _, model, variables = llama
-    tx = optax.adamw(1e-2, weight_decay=0.1)
-    step = training.make_train_step(model, tx, chunk_size=4)
+def test_resumed_run_equals_uninterrupted(llama, bf16, tmp_path):
+    """Bit for bit, on 4 different batches, saved after 2 steps (the bf16 run: its float32
+    parameters and optimizer state are what is saved)."""
+    _, _, variables = llama
+    module, tx, step = bf16
     batches = [lmc.batch(seed) for seed in range(4)]
 
-    state, losses = training.init_train_state(model, tx, fresh_params(variables)), []
+    state, losses = training.init_train_state(module, tx, fresh_params(variables)), []
     for data in batches:
         state, metrics = step(state, data)
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 4
 
-    resumed, resumed_losses = training.init_train_state(model, tx, fresh_params(variables)), []
+    resumed, resumed_losses = training.init_train_state(module, tx, fresh_params(variables)), []
     for data in batches[:2]:
         resumed, metrics = step(resumed, data)
         resumed_losses.append(float(metrics["loss"]))
     saved = jax.tree.map(np.asarray, resumed)
     assert checkpointing.save(tmp_path, resumed) == tmp_path.absolute() / "2"
     del resumed
-    restored = checkpointing.restore(tmp_path, training.abstract_train_state(model, tx))
+    restored = checkpointing.restore(tmp_path, training.abstract_train_state(module, tx))
     assert isinstance(restored, training.TrainState)
     assert_same_tree(restored, saved)
     for data in batches[2:]:
@@ -230,7 +225,7 @@ def test_resumed_run_equals_uninterrupted(llama, tmp_path):
         checkpointing.restore(tmp_path, {"params": "nope"})
 
 
-def test_bad_input_is_named(llama):
+def test_bad_input_is_named(llama, tmp_path):
     _, model, variables = llama
     data = lmc.batch()
     ids = data["input_ids"]
@@ -245,4 +240,4 @@ def test_bad_input_is_named(llama):
     with pytest.raises(ValueError, match="a batch is a dict with 'input_ids'"):
         training.check_batch({"attention_mask": data["attention_mask"]})
     with pytest.raises(ValueError, match="pass step="):
-        checkpointing.save("/tmp/unused-jimm-checkpoint", {"params": ids})
+        checkpointing.save(tmp_path, {"params": ids})

@@ -22,6 +22,7 @@ bf16 compute with float32 parameters is the module's `dtype=jnp.bfloat16` (its
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -92,7 +93,8 @@ def chunked_cross_entropy(module: nn.Module, variables: Mapping[str, Any], hidde
 
     weights = weights.astype(jnp.float32)
 
-    @jax.checkpoint
+    # prevent_cse=False: under scan the recomputation cannot be merged with the forward anyway.
+    @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk_nll(h, t, w):
         logits = module.apply(variables, h, method="logits")  # float32 [B, chunk, V]
         # The target's logit as a masked sum, not a gather: with the vocabulary sharded (tp)
@@ -161,9 +163,15 @@ def abstract_train_state(module: nn.Module, tx: optax.GradientTransformation, *,
     shapes = TrainState(params=params, opt_state=jax.eval_shape(tx.init, params),
                         step=jax.ShapeDtypeStruct((), jnp.int32))
     if mesh is None:
-        return shapes
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=_one_device()), shapes)
     shardings = train_state_shardings(module, tx, mesh=mesh, rules=rules)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def _one_device() -> jax.sharding.Sharding:
+    """Where an unsharded state lives: committed to the first device, like a restored one, since
+    `jit` compiles once more for committed arguments after uncommitted ones."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 def init_train_state(module: nn.Module, tx: optax.GradientTransformation, params: Any, *,
@@ -174,7 +182,9 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, params
     train step invalidates the arrays passed in here."""
     params = nn.unbox(params)
     if mesh is None:
-        return TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
+        one = _one_device()
+        params = jax.device_put(params, one)
+        return TrainState(params, jax.jit(tx.init, out_shardings=one)(params), jax.device_put(jnp.zeros((), jnp.int32), one))
     shardings = train_state_shardings(module, tx, mesh=mesh, rules=rules)
     params = pt.shard_params(params, shardings.params)
     with pt.activation_sharding(mesh, rules):

@@ -213,6 +213,7 @@ def test_resumed_run_equals_uninterrupted(llama, bf16, tmp_path):
         resumed_losses.append(float(metrics["loss"]))
     assert resumed_losses == losses
     assert_same_tree(restored, state)
+    assert step.jitted._cache_size() == 1  # fresh and restored states take the same program
 
     assert checkpointing.all_steps(tmp_path) == [2] and checkpointing.latest_step(tmp_path) == 2
     with pytest.raises(ValueError, match="step 2 already exists"):

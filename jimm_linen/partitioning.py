@@ -283,6 +283,14 @@ def leaf_sharding(mesh: Mesh, rules="fsdp"):
     return sharding
 
 
+def logical_shardings(tree, names, mesh: Mesh, rules="fsdp"):
+    """NamedShardings (on `auto_mesh(mesh)`) for a tree of arrays or `ShapeDtypeStruct`s whose
+    logical names come as a tree of name tuples with the same structure (e.g. a decoder's
+    `KVCache` and `KVCache.logical_axes()`); non-dividing mesh axes dropped as for parameters."""
+    amesh = auto_mesh(mesh)
+    return jax.tree.map(lambda x, n: NamedSharding(amesh, logical_to_spec(n, rules, mesh, x.shape)), tree, names)
+
+
 def param_specs(module: nn.Module, *inputs, mesh: Mesh, rules="fsdp", **kwargs):
     """PartitionSpecs for `variables["params"]` on `mesh` under `rules`."""
     return tree_specs(abstract_variables(module, *inputs, **kwargs)["params"], mesh, rules)

@@ -8,7 +8,8 @@ from jimm_nnx.models import (
 )
 from jimm_nnx.causal_lm import CausalLM, Llama, Olmo2, Qwen3
 from jimm_nnx.sharding import NoSharding, Sharding
+from jimm_nnx.training import make_train_step, set_train_state, train_state
 
 __all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "CausalLM", "DINOv2Model", "DINOv3Model", "Llama", "NoSharding",
            "Olmo2", "PretrainedModel", "Qwen3", "Sharding", "SigLIP", "SigLIPTextModel", "SigLIPVisionModel",
-           "VisionTransformer", "make_tokamax_attention"]
+           "VisionTransformer", "make_tokamax_attention", "make_train_step", "set_train_state", "train_state"]

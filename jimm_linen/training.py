@@ -1,0 +1,252 @@
+"""Training a decoder LM: the next-token loss, a train state, and an optax train step jitted
+with shardings from the logical rules (`jimm_linen.partitioning`).
+
+The loss never materialises `[B, T, V]` float32 logits: the model runs to its final hidden
+states (`method="hidden"`), then the LM head, log-softmax and NLL run `chunk_size` positions at
+a time under `lax.scan`, each chunk under `jax.checkpoint`, so the backward pass recomputes a
+chunk's logits instead of storing them. Peak memory for the head is one `[B, chunk, V]` block.
+
+A typical sharded loop::
+
+    model, variables = jimm_linen.from_pretrained(path, mesh=mesh, rules="fsdp")
+    tx = optax.adamw(1e-4)
+    state = init_train_state(model, tx, variables["params"], mesh=mesh, rules="fsdp")
+    step = make_train_step(model, tx, mesh=mesh, rules="fsdp")
+    for batch in batches:   # {"input_ids", "attention_mask", optional "loss_mask"}
+        state, metrics = step(state, batch)
+
+bf16 compute with float32 parameters is the module's `dtype=jnp.bfloat16` (its
+`param_dtype` stays float32; gradients and optimizer state are float32); remat is the module's
+`remat_policy=` ("none", "minimal", "full", ...; see `jimm_linen.layers.remat_policy`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jimm_linen import partitioning as pt
+
+# Positions per chunk of the LM head: [B, 512, V] float32 logits at a time (for a 128k vocabulary
+# and batch 8, 2 GiB) instead of the whole sequence's.
+DEFAULT_CHUNK_SIZE = 512
+
+BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+
+
+# --- the loss ---------------------------------------------------------------------------------
+
+def next_token_weights(input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                       loss_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """`(targets, weights)`, both `[B, T - 1]`: position t predicts token t + 1.
+
+    A target counts (weight 1) when it and the token before it are real (`attention_mask`):
+    padding is never a target and never predicts one, on either side (so the first real token
+    of a left-padded row, which has no real token before it, is no target either). `loss_mask`
+    (`[B, T]`, True where a token is a target; False for prompt tokens to train on completions
+    only) further selects targets. On an unpadded batch without `loss_mask` every next token
+    counts, as in HF's `labels=input_ids` loss."""
+    b, t = input_ids.shape
+    valid = jnp.ones((b, t), bool) if attention_mask is None else _mask(attention_mask, (b, t), "attention_mask")
+    weights = valid[:, :-1] & valid[:, 1:]
+    if loss_mask is not None:
+        weights = weights & _mask(loss_mask, (b, t), "loss_mask")[:, 1:]
+    return input_ids[:, 1:], weights
+
+
+def _mask(mask, shape, name: str) -> jax.Array:
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, input_ids {tuple(shape)}: they must match")
+    return jnp.asarray(mask).astype(bool)
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size!r}")
+
+
+def chunked_cross_entropy(module: nn.Module, variables: Mapping[str, Any], hidden: jax.Array, targets: jax.Array,
+                          weights: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[jax.Array, jax.Array]:
+    """`(sum of weighted NLL, sum of weights)` of `targets` `[B, N]` under the LM head of
+    `module` on final hidden states `hidden` `[B, N, E]` (`module.apply(variables, h,
+    method="logits")`), `chunk_size` positions at a time, each chunk's logits recomputed in the
+    backward pass rather than stored."""
+    _check_chunk_size(chunk_size)
+    b, n, e = hidden.shape
+    if targets.shape != (b, n) or weights.shape != (b, n):
+        raise ValueError(f"targets {targets.shape} and weights {weights.shape} must be [batch, positions] = {(b, n)}")
+    chunk = min(chunk_size, n)
+    chunks = -(-n // chunk)
+    pad = chunks * chunk - n  # zero-weight positions to fill the last chunk
+
+    def split(x):  # [B, N, ...] -> [chunks, B, chunk, ...]; the batch dim keeps its sharding
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.swapaxes(x.reshape(b, chunks, chunk, *x.shape[2:]), 0, 1)
+
+    weights = weights.astype(jnp.float32)
+
+    # prevent_cse=False: under scan the recomputation cannot be merged with the forward anyway.
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def chunk_nll(h, t, w):
+        logits = module.apply(variables, h, method="logits")  # float32 [B, chunk, V]
+        # The target's logit as a masked sum, not a gather: with the vocabulary sharded (tp)
+        # this reduces over the shards like the logsumexp does.
+        picked = jnp.sum(logits * jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype), axis=-1)
+        return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - picked) * w)
+
+    def body(total, xs):
+        return total + chunk_nll(*xs), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(weights)))
+    return total, jnp.sum(weights)
+
+
+def next_token_loss(module: nn.Module, variables: Mapping[str, Any], input_ids: jax.Array,
+                    attention_mask: jax.Array | None = None, *, loss_mask: jax.Array | None = None,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, train: bool = False,
+                    rngs: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+    """`(mean next-token cross-entropy, number of target tokens)` of a `jimm_linen.CausalLM`.
+
+    Targets and their weights are `next_token_weights(input_ids, attention_mask, loss_mask)`;
+    the mean is over counted targets (0 when there are none). On an unpadded batch this is HF's
+    `model(input_ids, labels=input_ids).loss`. `train=True` runs dropout with `rngs`
+    (`{"dropout": key}`)."""
+    _check_chunk_size(chunk_size)  # before the forward pass
+    targets, weights = next_token_weights(input_ids, attention_mask, loss_mask)
+    h, _, _ = module.apply(variables, input_ids, attention_mask, None, None, train, method="hidden",
+                           rngs=rngs or {})
+    total, count = chunked_cross_entropy(module, variables, h[:, :-1], targets, weights, chunk_size)
+    return total / jnp.maximum(count, 1.0), count
+
+
+# --- train state and step -----------------------------------------------------------------------
+
+@flax.struct.dataclass
+class TrainState:
+    """What a training run carries from step to step (and what `jimm_linen.checkpointing` saves):
+    the `params` tree (`variables["params"]`), the optax `opt_state` and the `step` count (int32).
+    `jimm_nnx.train_state(model, optimizer)` gives the same tree for an NNX model."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def _example_inputs(module: nn.Module) -> tuple:
+    return module.config.dummy_inputs()
+
+
+def train_state_shardings(module: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh,
+                          rules="fsdp") -> TrainState:
+    """NamedShardings of a `TrainState` on `mesh` under `rules`: params by their logical names,
+    optimizer moments like their params, the step and scalars replicated."""
+    inputs = _example_inputs(module)
+    return TrainState(params=pt.param_shardings(module, *inputs, mesh=mesh, rules=rules),
+                      opt_state=pt.optimizer_shardings(tx, module, *inputs, mesh=mesh, rules=rules),
+                      step=NamedSharding(pt.auto_mesh(mesh), PartitionSpec()))
+
+
+def abstract_train_state(module: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
+                         rules="fsdp") -> TrainState:
+    """Shapes and dtypes of a `TrainState` for `module` and `tx` (`jax.ShapeDtypeStruct`s), with
+    the shardings of `train_state_shardings` when `mesh` is given: the target to restore a
+    checkpoint onto any mesh (`checkpointing.restore(dir, abstract_train_state(...))`)."""
+    params = nn.unbox(pt.abstract_variables(module, *_example_inputs(module))["params"])
+    shapes = TrainState(params=params, opt_state=jax.eval_shape(tx.init, params),
+                        step=jax.ShapeDtypeStruct((), jnp.int32))
+    if mesh is None:
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=_one_device()), shapes)
+    shardings = train_state_shardings(module, tx, mesh=mesh, rules=rules)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def _one_device() -> jax.sharding.Sharding:
+    """Where an unsharded state lives: committed to the first device, like a restored one, since
+    `jit` compiles once more for committed arguments after uncommitted ones."""
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def init_train_state(module: nn.Module, tx: optax.GradientTransformation, params: Any, *,
+                     mesh: Mesh | None = None, rules="fsdp") -> TrainState:
+    """A `TrainState` at step 0 for `params` (e.g. `from_pretrained(...)[1]["params"]`), placed
+    by `train_state_shardings` when `mesh` is given (params already there are not copied) and
+    the optimizer state created in place. The state holds the params' buffers, so a donating
+    train step invalidates the arrays passed in here."""
+    params = nn.unbox(params)
+    if mesh is None:
+        one = _one_device()
+        params = jax.device_put(params, one)
+        return TrainState(params, jax.jit(tx.init, out_shardings=one)(params), jax.device_put(jnp.zeros((), jnp.int32), one))
+    shardings = train_state_shardings(module, tx, mesh=mesh, rules=rules)
+    params = pt.shard_params(params, shardings.params)
+    with pt.activation_sharding(mesh, rules):
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(params, opt_state, jax.device_put(jnp.zeros((), jnp.int32), shardings.step))
+
+
+def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[str, NamedSharding]:
+    """Each `[B, T]` array of a batch split along its batch dim by the rules' `batch` rule."""
+    return {k: pt.data_sharding(v.shape, mesh, rules) for k, v in batch.items()}
+
+
+def check_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise ValueError(f"a batch is a dict with 'input_ids' (and optionally 'attention_mask', 'loss_mask'), "
+                         f"got {type(batch).__name__}{' with keys ' + str(sorted(batch)) if isinstance(batch, Mapping) else ''}")
+    unknown = sorted(set(batch) - set(BATCH_KEYS))
+    if unknown:
+        raise ValueError(f"unknown batch keys {unknown}; a batch holds {list(BATCH_KEYS)}")
+    return {k: v for k, v in batch.items() if v is not None}
+
+
+def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
+                    rules="fsdp", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    donate: bool = True) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """`step(state, batch, rng=None) -> (state, metrics)`: one optax update on
+    `next_token_loss`, compiled once per batch shape.
+
+    With `mesh`, the state's in and out shardings are `train_state_shardings(module, tx, mesh,
+    rules)` and the batch is placed by `batch_shardings` (its batch dim over the data axes);
+    the activations follow `rules` (the step traces under `activation_sharding`). `donate=True`
+    donates the state: its buffers are reused for the new one. `batch` is a dict with
+    `input_ids`, optionally `attention_mask` and `loss_mask` (see `next_token_weights`);
+    `rng` switches dropout on (`train=True`). `metrics`: `loss`, `num_tokens` (targets counted)
+    and `grad_norm` (global L2 norm of the gradients). The compiled function is `step.jitted`
+    (`step.jitted.lower(state, batch, rng)`; trace it under `activation_sharding` yourself).
+    """
+    state_shardings = train_state_shardings(module, tx, mesh=mesh, rules=rules) if mesh is not None else None
+
+    def update(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array | None):
+        def loss_fn(params):
+            return next_token_loss(module, {"params": params}, batch["input_ids"], batch.get("attention_mask"),
+                                   loss_mask=batch.get("loss_mask"), chunk_size=chunk_size, train=rng is not None,
+                                   rngs=None if rng is None else {"dropout": rng})
+
+        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "num_tokens": count, "grad_norm": optax.global_norm(grads)}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    jitted = jax.jit(update, in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None),
+                     donate_argnums=(0,) if donate else ())
+
+    def step(state: TrainState, batch: Mapping[str, Any], rng: jax.Array | None = None):
+        batch = check_batch(batch)
+        if mesh is None:
+            return jitted(state, batch, rng)
+        batch = jax.device_put(batch, batch_shardings(batch, mesh, rules))
+        with pt.activation_sharding(mesh, rules):
+            return jitted(state, batch, rng)
+
+    step.jitted = jitted
+    return step
+

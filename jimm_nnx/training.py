@@ -1,0 +1,117 @@
+"""Training a `jimm_nnx.CausalLM` with `nnx.Optimizer`: the loss is `jimm_linen.training`'s
+(run on the model's placement through the bridge), and the train state is the Linen
+`TrainState` tree, so `jimm_linen.checkpointing` saves and restores NNX runs too.
+
+    lm = jimm_nnx.CausalLM.from_pretrained(path)        # under jax.set_mesh(mesh): sharded
+    optimizer = nnx.Optimizer(lm, optax.adamw(1e-4), wrt=nnx.Param)
+    step = jimm_nnx.make_train_step()
+    metrics = step(lm, optimizer, {"input_ids": ids, "attention_mask": mask})
+    checkpointing.save(ckpt_dir, jimm_nnx.train_state(lm, optimizer))
+    jimm_nnx.set_train_state(lm, optimizer, checkpointing.restore(ckpt_dir, jimm_nnx.train_state(lm, optimizer)))
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+import bridge
+from jimm_linen import training
+from jimm_linen.training import DEFAULT_CHUNK_SIZE, TrainState
+
+
+def next_token_loss(model: bridge.LinenModule, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                    loss_mask: jax.Array | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    train: bool = False, rngs: Any = None) -> tuple[jax.Array, jax.Array]:
+    """`jimm_linen.training.next_token_loss` of a bridged decoder (a `jimm_nnx.CausalLM`) with
+    its current parameters, on its placement (Auto or Explicit mesh): `(mean loss, number of
+    target tokens)`, differentiable with `nnx.grad` / `nnx.value_and_grad`. `train=True` runs
+    dropout from `rngs` (default: the model's own streams)."""
+    streams = bridge.rng_streams(model.to_nnx__rngs if rngs is None else rngs) if train else {}
+    fn = functools.partial(training.next_token_loss, model.linen_module, chunk_size=chunk_size, train=train)
+    return model.placement.run(lambda v, ids, mask, lmask, r: fn(v, ids, mask, loss_mask=lmask, rngs=r),
+                               bridge.to_linen_variables(model), input_ids, attention_mask, loss_mask, streams,
+                               out_specs=(PartitionSpec(), PartitionSpec()))
+
+
+def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True, train: bool = False
+                    ) -> Callable[[bridge.LinenModule, nnx.Optimizer, Mapping[str, Any]], dict[str, jax.Array]]:
+    """`step(model, optimizer, batch) -> metrics`: one `optimizer.update` on `next_token_loss`
+    under `nnx.jit` (model and optimizer donated with `donate=True`; updated in place either
+    way). `batch` is a dict with `input_ids`, optionally `attention_mask` and `loss_mask`; on a
+    sharded model it is placed along the batch dim by the model's rules. `train=True` runs
+    dropout from the model's streams. Metrics as `jimm_linen.training.make_train_step`'s."""
+
+    @nnx.jit(donate_argnums=(0, 1) if donate else ())
+    def update(model, optimizer, batch):
+        def loss_fn(model):
+            return next_token_loss(model, batch["input_ids"], batch.get("attention_mask"),
+                                   loss_mask=batch.get("loss_mask"), chunk_size=chunk_size, train=train)
+
+        (loss, count), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return {"loss": loss, "num_tokens": count, "grad_norm": optax.global_norm(grads)}
+
+    def step(model, optimizer, batch):
+        batch = training.check_batch(batch)
+        placement = model.placement
+        if placement.sharded:
+            batch = {k: jax.device_put(v, placement.leaf_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape))
+                     for k, v in batch.items()}
+        return update(model, optimizer, batch)
+
+    return step
+
+
+# --- one train state for both APIs ------------------------------------------------------------
+
+def _dicts(tree):
+    """`tree` with every `nnx.State` as a plain nested dict (its leaves untouched)."""
+    def convert(x):
+        return nnx.to_pure_dict(x, extract_fn=lambda v: v) if isinstance(x, nnx.State) else x
+    return jax.tree.map(convert, tree, is_leaf=lambda x: isinstance(x, (nnx.State, nnx.Variable)))
+
+
+def _opt_variables(optimizer: nnx.Optimizer):
+    """The optimizer state as the optax tree with its `nnx.Variable`s as leaves."""
+    return _dicts(optimizer.opt_state)
+
+
+def _check_structure(got, want, what: str) -> None:
+    if jax.tree.structure(got) != jax.tree.structure(want):
+        raise ValueError(f"{what} does not match the model and optimizer: {jax.tree.structure(got)} vs "
+                         f"{jax.tree.structure(want)}")
+
+
+def train_state(model: bridge.LinenModule, optimizer: nnx.Optimizer) -> TrainState:
+    """The `jimm_linen.training.TrainState` of an NNX run: the model's Linen params tree, the
+    optimizer's optax state as `tx.init(params)` shapes it, the step as int32 (the same arrays;
+    nothing is copied but the step). Save it with `jimm_linen.checkpointing.save`; it is also
+    the restore target that keeps every array on this model's shardings."""
+    params = bridge.to_linen_variables(model)["params"]
+    opt_state = jax.tree.map(lambda v: v.get_value(), _opt_variables(optimizer),
+                             is_leaf=lambda x: isinstance(x, nnx.Variable))
+    _check_structure(opt_state, jax.eval_shape(optimizer.tx.init, params), "the optimizer state")
+    return TrainState(params=params, opt_state=opt_state, step=jnp.asarray(optimizer.step.get_value(), jnp.int32))
+
+
+def set_train_state(model: bridge.LinenModule, optimizer: nnx.Optimizer, state: TrainState) -> None:
+    """Put `state` (e.g. restored from a checkpoint, Linen's or NNX's) into `model` and
+    `optimizer`, in place."""
+    params = nnx.state(model, nnx.Param)
+    _check_structure(state.params, nnx.to_pure_dict(params), "the params")
+    nnx.replace_by_pure_dict(params, state.params)
+    nnx.update(model, params)
+    variables = _opt_variables(optimizer)
+    _check_structure(state.opt_state, jax.tree.map(lambda v: 0, variables, is_leaf=lambda x: isinstance(x, nnx.Variable)),
+                     "the optimizer state")
+    jax.tree.map(lambda var, x: var.set_value(x), variables, state.opt_state,
+                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+    optimizer.step.set_value(jnp.asarray(state.step, optimizer.step.get_value().dtype))

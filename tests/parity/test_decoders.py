@@ -27,7 +27,7 @@ from jimm_linen import parity
 from jimm_linen.layers.rope import Rope, rotary_embedding
 from jimm_linen.pretrained import FAMILIES
 from tests import legacy_flax
-from tests.helpers import assert_close, bound
+from tests.helpers import assert_close
 
 BATCH = 3
 LENGTH = parity.DECODER_LENGTH

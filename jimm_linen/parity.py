@@ -411,7 +411,7 @@ class LinenModel:
         return self.module.apply(self.variables, *args, **kwargs)
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
-        from jimm_linen import generate
+        from jimm_linen.generation import generate
 
         return generate(self.module, self.variables, input_ids, attention_mask, **kwargs)
 
@@ -490,13 +490,15 @@ GREEDY_TOKENS = 8
 def greedy_tokens(run, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
                   eos_token_id, pad_token_id) -> np.ndarray | None:
     """jimm's greedy continuation `[B, max_new_tokens]` through a runner's model (`generate`,
-    as `jimm_linen.generate` and the NNX classes' take it), or None while this checkout has no
-    `jimm_linen.generate` (generation lands separately; the rows then say "n/a")."""
+    as `jimm_linen.generation.generate` and the NNX classes' take it), or None while this checkout
+    has no `jimm_linen.generation` (generation lands separately; the rows then say "n/a")."""
     import jax.numpy as jnp
 
-    import jimm_linen
-
-    if not hasattr(jimm_linen, "generate"):
+    try:
+        import jimm_linen.generation  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "jimm_linen.generation":
+            raise
         return None
     out = run.generate(jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
                        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,

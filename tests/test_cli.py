@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jimm_linen
 
 from jimm_linen import parity
 from jimm_nnx import cli
@@ -53,8 +52,9 @@ def test_parity_on_a_decoder_checkpoint_directory(tmp_path, capsys):
 
 def _greedy_by_full_forwards(module, variables, input_ids, attention_mask, *, max_new_tokens, do_sample,
                              eos_token_id, pad_token_id):
-    """Greedy decoding the slow way (a full forward per token, no cache), in `jimm_linen.generate`'s
-    form: it stands in for it in the test below, so that the greedy column is checked end to end."""
+    """Greedy decoding the slow way (a full forward per token, no cache), in
+    `jimm_linen.generation.generate`'s form: it stands in for it in the test below, so that the
+    greedy column is checked end to end whether or not generation is on this branch."""
     assert not do_sample
     ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
     done = np.zeros(len(ids), bool)
@@ -68,14 +68,14 @@ def _greedy_by_full_forwards(module, variables, input_ids, attention_mask, *, ma
 
 def test_the_greedy_column_compares_with_hf_generate(tmp_path, monkeypatch, capsys):
     parity.build_reference("llama", parity.LLAMA_CONFIGS["llama-gqa-llama3-bias"], tmp_path, seed=6)
-    monkeypatch.setattr(jimm_linen, "generate", _greedy_by_full_forwards, raising=False)
+    monkeypatch.setitem(sys.modules, "jimm_linen.generation", types.SimpleNamespace(generate=_greedy_by_full_forwards))
     monkeypatch.setattr(parity, "GREEDY_TOKENS", 3)
     assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 0
     row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
     assert row[-2:] == ["100%", "yes"]
     # A continuation unlike HF's fails the row.
-    monkeypatch.setattr(jimm_linen, "generate", lambda *a, **k: types.SimpleNamespace(
-        sequences=np.pad(np.asarray(a[2]), ((0, 0), (0, k["max_new_tokens"])), constant_values=5)))
+    monkeypatch.setitem(sys.modules, "jimm_linen.generation", types.SimpleNamespace(generate=lambda *a, **k: (
+        types.SimpleNamespace(sequences=np.pad(np.asarray(a[2]), ((0, 0), (0, k["max_new_tokens"])), constant_values=5)))))
     assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 1
     row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
     assert row[-1] == "NO" and row[-2] != "100%"

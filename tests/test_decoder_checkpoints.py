@@ -207,20 +207,21 @@ def _edit(src: Path, dst: Path, state=None, config=None) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("what,edit,message", [
-    ("missing", lambda s: s.pop("model.layers.1.mlp.up_proj.weight"),
-     r"missing keys: .*model\.layers\.1\.mlp\.up_proj\.weight"),
-    ("missing-head", lambda s: s.pop("lm_head.weight"), r"missing keys: .*lm_head\.weight"),
-    ("unexpected", lambda s: s.__setitem__("model.layers.2.self_attn.q_proj.weight", np.zeros((16, 16), np.float32)),
-     r"unexpected keys: .*model\.layers\.2\.self_attn\.q_proj\.weight"),
-    ("unexpected-qk-norm", lambda s: s.__setitem__("model.layers.0.self_attn.q_norm.weight", np.ones(4, np.float32)),
-     r"unexpected keys: .*model\.layers\.0\.self_attn\.q_norm\.weight"),
-    ("mis-shaped", lambda s: s.__setitem__("model.layers.0.self_attn.k_proj.weight",
-                                           s["model.layers.0.self_attn.k_proj.weight"][:4]),
-     r"mis-shaped keys: .*model\.layers\.0\.self_attn\.k_proj\.weight: checkpoint \(4, 16\), model expects \(8, 16\)"),
+@pytest.mark.parametrize("edit,message", [
+    pytest.param(lambda s: s.pop("model.layers.1.mlp.up_proj.weight"),
+                 r"missing keys: .*model\.layers\.1\.mlp\.up_proj\.weight", id="missing"),
+    pytest.param(lambda s: s.pop("lm_head.weight"), r"missing keys: .*lm_head\.weight", id="missing-untied-head"),
+    pytest.param(lambda s: s.__setitem__("model.layers.2.self_attn.q_proj.weight", np.zeros((16, 16), np.float32)),
+                 r"unexpected keys: .*model\.layers\.2\.self_attn\.q_proj\.weight", id="unexpected-layer"),
+    pytest.param(lambda s: s.__setitem__("model.layers.0.self_attn.q_norm.weight", np.ones(4, np.float32)),
+                 r"unexpected keys: .*model\.layers\.0\.self_attn\.q_norm\.weight", id="unexpected-qk-norm"),
+    pytest.param(lambda s: s.__setitem__("model.layers.0.self_attn.k_proj.weight",
+                                         s["model.layers.0.self_attn.k_proj.weight"][:4]),
+                 r"mis-shaped keys: .*model\.layers\.0\.self_attn\.k_proj\.weight: checkpoint \(4, 16\), "
+                 r"model expects \(8, 16\)", id="mis-shaped"),
 ])
-def test_bad_checkpoint_keys_are_named(what, edit, message, llama, tmp_path):
-    bad = _edit(llama, tmp_path / what, state=edit)
+def test_bad_checkpoint_keys_are_named(edit, message, llama, tmp_path):
+    bad = _edit(llama, tmp_path / "bad", state=edit)
     with pytest.raises(CheckpointError, match=message):
         jimm_linen.from_pretrained(bad)
     with pytest.raises(CheckpointError, match=message):
@@ -240,17 +241,23 @@ def _set(**fields):
 
 
 @pytest.mark.parametrize("family,edit,message", [
-    ("llama", _set(pretraining_tp=2), r"pretraining_tp=2"),
-    ("qwen3", _set(use_sliding_window=True, sliding_window=4), r"use_sliding_window"),
-    ("qwen3", _set(layer_types=["full_attention", "sliding_attention"]), r"sliding_attention"),
-    ("olmo2", _set(frobnicate_heads=3), r"unknown config field\(s\) for model_type 'olmo2': \['frobnicate_heads'\]"),
-    ("llama", _set(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}),
-     r"unknown rope_type 'longrope'"),
-    ("llama", lambda hf: hf.update(rope_theta=hf.pop("rope_parameters")["rope_theta"], rope_scaling={"type": "su"}),
-     r"unknown rope_type 'su'"),
-    ("llama", _set(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0, "low_freq_factor": 1.0}),
-     r"rope_type 'linear' does not take \['low_freq_factor'\]"),
-    ("llama", _set(num_key_value_heads=3), r"num_key_value_heads 3 does not divide num_attention_heads 4"),
+    pytest.param("llama", _set(pretraining_tp=2), r"pretraining_tp=2", id="pretraining_tp"),
+    pytest.param("qwen3", _set(use_sliding_window=True, sliding_window=4), r"use_sliding_window",
+                 id="use_sliding_window"),
+    pytest.param("qwen3", _set(layer_types=["full_attention", "sliding_attention"]), r"sliding_attention",
+                 id="sliding_layer_types"),
+    pytest.param("olmo2", _set(frobnicate_heads=3),
+                 r"unknown config field\(s\) for model_type 'olmo2': \['frobnicate_heads'\]", id="unknown-field"),
+    pytest.param("llama", _set(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}),
+                 r"unknown rope_type 'longrope'", id="unknown-rope_type"),
+    pytest.param("llama", lambda hf: hf.update(rope_theta=hf.pop("rope_parameters")["rope_theta"],
+                                               rope_scaling={"type": "su"}),
+                 r"unknown rope_type 'su'", id="unknown-rope_scaling-type"),
+    pytest.param("llama", _set(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0,
+                                                "low_freq_factor": 1.0}),
+                 r"rope_type 'linear' does not take \['low_freq_factor'\]", id="rope-key-of-another-type"),
+    pytest.param("llama", _set(num_key_value_heads=3), r"num_key_value_heads 3 does not divide num_attention_heads 4",
+                 id="kv-heads-not-dividing"),
 ])
 def test_unsupported_configs_are_named(family, edit, message, case_dirs, tmp_path):
     bad = _edit(case_dirs[family], tmp_path / "bad", config=edit)

@@ -97,13 +97,77 @@ DINOV2_S14: dict[str, Any] = dict(hidden_size=384, num_hidden_layers=12, num_att
                                   patch_size=14)  # facebook/dinov2-small
 DINOV3_S16: dict[str, Any] = dict(num_register_tokens=4)  # DINOv3ViTConfig's defaults are ViT-S/16 otherwise
 
+# Small decoder configs. Between them: K < N, K = N and K = 1 key/value heads; an explicit
+# head_dim unlike hidden/N; every rope_type (dynamic with inputs longer than
+# max_position_embeddings, so that it rescales; llama3 at head_dim 8 has a frequency in each of
+# its three bands); tied and untied heads; each family's biases; unusual rms_norm_eps; and two
+# old-style config.json files (`rope_theta` + `rope_scaling`, spelled with `type` and with
+# `rope_type`: `build_decoder_reference` writes config.json in the style the kwargs use).
+_DECODER = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+LLAMA_CONFIGS: dict[str, dict[str, Any]] = {
+    "llama-gqa-llama3-bias": dict(
+        _DECODER, num_key_value_heads=2, attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192)),
+    "llama-mqa-headdim-dynamic-tied": dict(
+        _DECODER, num_key_value_heads=1, head_dim=12, tie_word_embeddings=True, rms_norm_eps=1e-4,
+        max_position_embeddings=12, rope_theta=5000.0, rope_scaling={"type": "dynamic", "factor": 3.0}),
+    "llama-mha-linear-3layers": dict(
+        _DECODER, num_hidden_layers=3, num_key_value_heads=4, rms_norm_eps=3e-7, rope_theta=1000.0,
+        rope_scaling={"rope_type": "linear", "factor": 2.5}),
+}
+QWEN3_CONFIGS: dict[str, dict[str, Any]] = {
+    "qwen3-mqa-headdim-yarn-bias-tied": dict(
+        _DECODER, num_key_value_heads=1, head_dim=16, attention_bias=True, tie_word_embeddings=True,
+        rms_norm_eps=1e-6, max_position_embeddings=16384,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=4096)),
+    "qwen3-gqa-default": dict(
+        _DECODER, hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=8, rms_norm_eps=2e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+}
+OLMO2_CONFIGS: dict[str, dict[str, Any]] = {
+    "olmo2-gqa-headdim-bias": dict(
+        _DECODER, num_key_value_heads=2, head_dim=12, attention_bias=True, rms_norm_eps=3e-5,
+        rope_parameters=dict(rope_type="default", rope_theta=500000.0)),
+    "olmo2-mha-llama3-tied": dict(
+        _DECODER, num_key_value_heads=4, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=8192,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=2048)),
+}
+# A real model's width and heads (Qwen3-0.6B: 16 query heads of 128 over hidden 1024, 8
+# key/value heads, tied), with 2 of its 28 layers.
+QWEN3_06B_2LAYERS: dict[str, Any] = dict(
+    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=40960,
+    rope_parameters=dict(rope_type="default", rope_theta=1000000.0), bos_token_id=151643, eos_token_id=151645)
+# Llama-3.2-1B's width and rope (llama3 scaling, factor 32), with 2 of its 16 layers.
+LLAMA32_1B_2LAYERS: dict[str, Any] = dict(
+    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=32,
+    num_key_value_heads=8, rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=131072,
+    rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                         high_freq_factor=4.0, original_max_position_embeddings=8192),
+    bos_token_id=128000, eos_token_id=128001)
+# OLMo-2-0425-1B's width, with 2 of its 16 layers.
+OLMO2_1B_2LAYERS: dict[str, Any] = dict(
+    vocab_size=100352, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=16,
+    num_key_value_heads=16, rms_norm_eps=1e-6, max_position_embeddings=4096,
+    rope_parameters=dict(rope_type="default", rope_theta=500000.0), pad_token_id=100277, eos_token_id=100257)
+
+# The decoder families: HF config and model classes (transformers' names).
+DECODER_CLASSES: dict[str, tuple[str, str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM")}
+
 # family -> {name: HF config kwargs}: what `jimm parity` runs by default, and with `--full`.
-DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS,
-                                                  "dinov2": DINOV2_CONFIGS, "dinov3": DINOV3_CONFIGS}
-FULL: dict[str, dict[str, dict[str, Any]]] = {"vit": {"vit-b16": VIT_B16}, "clip": {"clip-vit-b32": CLIP_B32},
-                                              "siglip": {"siglip-base16": SIGLIP_B16},
-                                              "dinov2": {"dinov2-s14": DINOV2_S14},
-                                              "dinov3": {"dinov3-s16": DINOV3_S16}}
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS, "dinov2": DINOV2_CONFIGS,
+    "dinov3": DINOV3_CONFIGS, "llama": LLAMA_CONFIGS, "qwen3": QWEN3_CONFIGS, "olmo2": OLMO2_CONFIGS}
+FULL: dict[str, dict[str, dict[str, Any]]] = {
+    "vit": {"vit-b16": VIT_B16}, "clip": {"clip-vit-b32": CLIP_B32}, "siglip": {"siglip-base16": SIGLIP_B16},
+    "dinov2": {"dinov2-s14": DINOV2_S14}, "dinov3": {"dinov3-s16": DINOV3_S16},
+    "llama": {"llama-3.2-1b-2layers": LLAMA32_1B_2LAYERS}, "qwen3": {"qwen3-0.6b-2layers": QWEN3_06B_2LAYERS},
+    "olmo2": {"olmo2-1b-2layers": OLMO2_1B_2LAYERS}}
 
 
 def perturb_(model, seed: int, scale: float = 0.1) -> None:
@@ -143,10 +207,12 @@ def build_vit_reference(config_kwargs: dict[str, Any], out_dir: str | Path, seed
 
 def build_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):
     """HF's PyTorch model of `family` (a key of `DEFAULTS`) with seeded random weights (norms,
-    biases and zero-initialised tensors perturbed), saved to `out_dir`. A "dinov2" config with
-    `num_register_tokens` is HF's `Dinov2WithRegistersModel`."""
+    biases and zero-initialised tensors perturbed; every tensor random for the decoders), saved
+    to `out_dir`. A "dinov2" config with `num_register_tokens` is HF's `Dinov2WithRegistersModel`."""
     if family == "vit":
         return build_vit_reference(config_kwargs, out_dir, seed)
+    if family in DECODER_CLASSES:
+        return build_decoder_reference(family, config_kwargs, out_dir, seed)
     import torch
     import transformers
 
@@ -166,14 +232,72 @@ def build_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | P
     return model
 
 
+def randomize_(model, seed: int) -> None:
+    """Replace every tensor of `model` with seeded noise, the norm weights too: HF starts norms at
+    1 and biases at 0, which would hide a swapped, dropped or misplaced one. Matrices are
+    N(0, 1/fan_in) and embeddings N(0, 1), so that activations stay O(1) through the blocks;
+    norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if "norm" in name:
+                p.copy_(1.0 + 0.5 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.5 * noise)
+            elif "embed" in name:
+                p.copy_(noise)
+            else:
+                p.copy_(noise / p.shape[1] ** 0.5)
+
+
+def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):
+    """HF's PyTorch `*ForCausalLM` of `family` ("llama", "qwen3", "olmo2") with every tensor
+    seeded random (`randomize_`), saved to `out_dir`. Kwargs in the old style (`rope_theta` +
+    `rope_scaling`) give a config.json in that style, as older hub files are: transformers 5
+    itself writes `rope_parameters`."""
+    import copy
+
+    import torch
+    import transformers
+
+    _quiet_transformers()
+    config_name, model_name = DECODER_CLASSES[family]
+    torch.manual_seed(seed)
+    # A copy: transformers fills its rope dicts in place (rope_theta and rope_type into rope_scaling).
+    hf_config = getattr(transformers, config_name)(**copy.deepcopy(config_kwargs))
+    model = getattr(transformers, model_name)(hf_config).eval()
+    randomize_(model, seed + 1)
+    model.save_pretrained(out_dir)
+    if "rope_scaling" in config_kwargs or "rope_theta" in config_kwargs:
+        cfg_file = Path(out_dir) / "config.json"
+        hf = json.loads(cfg_file.read_text())
+        hf.pop("rope_parameters")
+        hf.update({k: config_kwargs[k] for k in ("rope_theta", "rope_scaling") if k in config_kwargs})
+        cfg_file.write_text(json.dumps(hf, indent=2, sort_keys=True))
+    return model
+
+
+def is_decoder(directory: str | Path) -> bool:
+    """Whether `directory` holds one of the decoder families (by config.json's `model_type`)."""
+    return json.loads((Path(directory) / "config.json").read_text()).get("model_type") in DECODER_CLASSES
+
+
 def load_reference(directory: str | Path):
-    """HF's PyTorch model for a checkpoint directory, picked from its config like AutoModel does."""
-    from transformers import AutoModel, AutoModelForImageClassification
+    """HF's PyTorch model for a checkpoint directory, picked from its config like AutoModel does,
+    in float32 (the comparison's precision, whatever dtype the files hold)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
     _quiet_transformers()
     arch = (json.loads((Path(directory) / "config.json").read_text()).get("architectures") or [""])[0]
-    auto = AutoModelForImageClassification if "ForImageClassification" in arch else AutoModel
-    return auto.from_pretrained(directory).eval()
+    if is_decoder(directory):
+        auto = AutoModelForCausalLM
+    else:
+        auto = AutoModelForImageClassification if "ForImageClassification" in arch else AutoModel
+    return auto.from_pretrained(directory, dtype=torch.float32).eval()
 
 
 def random_images(batch: int, size: int | tuple[int, int], channels: int, seed: int = 0) -> np.ndarray:
@@ -197,6 +321,40 @@ def random_text(batch: int, length: int, vocab_size: int, eos_token_id: int, pad
         ids[row, eos + 1:] = pad_token_id
         mask[row, eos + 1:] = 0
     return ids.astype(np.int64), mask
+
+
+def left_padded_ids(batch: int, length: int, vocab_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`(input_ids, attention_mask)`, int64, left-padded as generation batches are: row 0 is
+    `length` real tokens, each later row fewer (padding id 0, mask 0)."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(0, vocab_size, size=(batch, length))
+    mask = np.ones((batch, length), np.int64)
+    for row in range(1, batch):
+        pad = min(length - 1, (row * length) // batch + row % 2)
+        ids[row, :pad], mask[row, :pad] = 0, 0
+    return ids.astype(np.int64), mask
+
+
+def hf_position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    """The `position_ids` HF's `generate` gives a left-padded batch (a plain forward would count
+    the padding): the count of real tokens before each one, 1 at padding."""
+    return np.where(attention_mask > 0, np.cumsum(attention_mask, -1) - 1, 1).astype(np.int64)
+
+
+def decoder_reference_outputs(model, input_ids: np.ndarray, attention_mask: np.ndarray):
+    """`(logits, hidden_states)` of an HF `*ForCausalLM` on a left-padded batch, float32 numpy."""
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask),
+                    position_ids=torch.from_numpy(hf_position_ids(attention_mask)), output_hidden_states=True)
+    return out.logits.float().numpy(), [h.float().numpy() for h in out.hidden_states]
+
+
+def real_positions(x, attention_mask: np.ndarray) -> np.ndarray:
+    """`x [B, T, ...]` at the positions the mask marks real, `[n, ...]` (padding positions hold
+    whatever a model computes for them, which no caller reads)."""
+    return np.asarray(x, np.float32)[np.asarray(attention_mask) > 0]
 
 
 def reference_outputs(model, pixel_values: np.ndarray, interpolate_pos_encoding: bool = False):
@@ -252,10 +410,13 @@ class ParityResult:
     worst_layer: str  # the intermediate tensor (hidden state, embedding) furthest from the reference
     worst_layer_rel: float
     tol: float
+    # Decoders: the fraction of greedy tokens equal to HF `generate`'s (None: not run).
+    greedy_agree: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.rel <= self.tol and self.worst_layer_rel <= self.tol
+        greedy_ok = self.greedy_agree is None or self.greedy_agree == 1.0
+        return self.rel <= self.tol and self.worst_layer_rel <= self.tol and greedy_ok
 
 
 def compare(name: str, path: str, ours, ref, ours_named: dict[str, Any], ref_named: dict[str, Any]) -> ParityResult:
@@ -275,12 +436,28 @@ def compare(name: str, path: str, ours, ref, ours_named: dict[str, Any], ref_nam
     )
 
 
+@dataclasses.dataclass
+class LinenModel:
+    """A Linen module with its variables, called as a function of the model inputs (and, for a
+    decoder, `generate`, as the NNX classes are)."""
+
+    module: Any
+    variables: Any
+
+    def __call__(self, *args, **kwargs):
+        return self.module.apply(self.variables, *args, **kwargs)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        from jimm_linen.generation import generate
+
+        return generate(self.module, self.variables, input_ids, attention_mask, **kwargs)
+
+
 def load_linen(directory: Path) -> Callable[..., Any]:
     """jimm's Linen model for `directory`, as a function of the model inputs."""
     import jimm_linen
 
-    model, variables = jimm_linen.from_pretrained(directory)
-    return lambda *args, **kwargs: model.apply(variables, *args, **kwargs)
+    return LinenModel(*jimm_linen.from_pretrained(directory))
 
 
 # A runner loads jimm's model for a checkpoint directory through one path (one face of jimm) and
@@ -306,6 +483,8 @@ def check_directory(name: str, directory: Path, runners: Mapping[str, Runner] = 
     import jax.numpy as jnp
 
     directory = Path(directory)
+    if is_decoder(directory):
+        return check_decoder_directory(name, directory, runners, batch, seed=seed, progress=progress)
     ref_model = load_reference(directory)
     cfg = ref_model.config
     vision_cfg = getattr(cfg, "vision_config", cfg)
@@ -339,10 +518,86 @@ def check_directory(name: str, directory: Path, runners: Mapping[str, Runner] = 
     return results
 
 
+# Decoders: the length of the batch `jimm parity` runs (longer than the dynamic-rope default
+# config's max_position_embeddings, so that it rescales) and of the greedy continuation.
+DECODER_LENGTH = 16
+GREEDY_TOKENS = 8
+
+
+def greedy_tokens(run, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
+                  eos_token_id, pad_token_id) -> np.ndarray | None:
+    """jimm's greedy continuation `[B, max_new_tokens]` through a runner's model (`generate`,
+    as `jimm_linen.generation.generate` and the NNX classes' take it), or None while this checkout
+    has no `jimm_linen.generation` (generation lands separately; the rows then say "n/a")."""
+    import jax.numpy as jnp
+
+    try:
+        import jimm_linen.generation  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "jimm_linen.generation":
+            raise
+        return None
+    out = run.generate(jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
+                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+                       pad_token_id=pad_token_id)
+    return np.asarray(out.sequences)[:, input_ids.shape[1]:]
+
+
+def hf_greedy_tokens(model, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
+                     eos_token_id, pad_token_id) -> np.ndarray:
+    """HF `generate(do_sample=False)`'s new tokens `[B, max_new_tokens]` (rows that ended early
+    padded with `pad_token_id`, as `generate` pads them)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask),
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
+                             pad_token_id=pad_token_id)
+    new = out[:, input_ids.shape[1]:].numpy()
+    return np.pad(new, ((0, 0), (0, max_new_tokens - new.shape[1])), constant_values=pad_token_id)
+
+
+def check_decoder_directory(name: str, directory: Path, runners: Mapping[str, Runner] = RUNNERS, batch: int = 2,
+                            length: int = DECODER_LENGTH, seed: int = 0,
+                            progress: Callable[[str], None] = no_progress) -> list[ParityResult]:
+    """A Llama / Qwen3 / OLMo 2 checkpoint directory against HF's `AutoModelForCausalLM`: logits
+    and every hidden state at the real positions of a left-padded batch of random ids (row 0
+    unpadded), and the greedy continuation against HF `generate`; one result per path."""
+    import jax.numpy as jnp
+
+    directory = Path(directory)
+    ref_model = load_reference(directory)
+    cfg = ref_model.config
+    progress(f"{name}: running the HF reference (PyTorch)")
+    ids, mask = left_padded_ids(batch, length, cfg.vocab_size, seed)
+    ref_logits, ref_hidden = decoder_reference_outputs(ref_model, ids, mask)
+    ref_named = {f"hidden {i}": real_positions(h, mask) for i, h in enumerate(ref_hidden)}
+    eos = cfg.eos_token_id
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    ref_greedy = None
+    results = []
+    for path, load in runners.items():
+        progress(f"{name}: loading through {path}")
+        run = load(directory)
+        progress(f"{name}: comparing {path} with the reference")
+        out = run(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), return_hidden_states=True)
+        named = {f"hidden {i}": real_positions(h, mask) for i, h in enumerate(out.hidden_states)}
+        result = compare(name, path, real_positions(out.logits, mask), real_positions(ref_logits, mask),
+                         named, ref_named)
+        greedy = greedy_tokens(run, ids, mask, GREEDY_TOKENS, eos, pad)
+        if greedy is not None:
+            if ref_greedy is None:
+                ref_greedy = hf_greedy_tokens(ref_model, ids, mask, GREEDY_TOKENS, eos, pad)
+            result.greedy_agree = float(np.mean(greedy == ref_greedy)) if greedy.shape == ref_greedy.shape else 0.0
+        results.append(result)
+    return results
+
+
 def format_table(results: list[ParityResult]) -> str:
-    header = ("model", "path", "max abs diff", "rel diff", "argmax agree", "worst tensor (rel)", "ok")
+    header = ("model", "path", "max abs diff", "rel diff", "argmax agree", "worst tensor (rel)", "greedy agree", "ok")
     rows = [(r.name, r.path, f"{r.max_abs:.2e}", f"{r.rel:.2e}", f"{r.argmax_agree:.0%}",
-             f"{r.worst_layer} ({r.worst_layer_rel:.2e})", "yes" if r.ok else "NO") for r in results]
+             f"{r.worst_layer} ({r.worst_layer_rel:.2e})", "n/a" if r.greedy_agree is None else f"{r.greedy_agree:.0%}",
+             "yes" if r.ok else "NO") for r in results]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])

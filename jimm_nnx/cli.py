@@ -39,7 +39,7 @@ def _parity(args) -> int:
         print("--full adds the full-size configs to the embedded defaults; it does not apply to checkpoint "
               "directories", file=sys.stderr)
         return 2
-    families = [f for f in (args.family or ",".join(parity.DEFAULTS)).split(",") if f]
+    families = list(parity.DEFAULTS) if args.family is None else [f for f in args.family.split(",") if f]
     unknown = set(families) - set(parity.DEFAULTS)
     if not args.checkpoints and (unknown or not families):
         print(f"--family must name some of {sorted(parity.DEFAULTS)}, got {args.family!r}", file=sys.stderr)
@@ -62,19 +62,19 @@ def main(argv: list[str] | None = None) -> int:
                        description="Compare jimm with HF Transformers' PyTorch models: the table on stdout, "
                                    "one line per step on stderr while it works.")
     p.add_argument("checkpoints", nargs="*", type=Path,
-                   help="HF checkpoint directories (ViT, CLIP, SigLIP, DINOv2, DINOv3); default: small random-weight "
-                        "reference models built here")
+                   help="HF checkpoint directories (ViT, CLIP, SigLIP, DINOv2, DINOv3, Llama, Qwen3, OLMo 2); "
+                        "default: small random-weight reference models built here")
     p.add_argument("--paths", default="linen,nnx", help="which jimm faces to check (default: linen,nnx)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--image-size", type=int, default=None,
-                   help="also run at this resolution, interpolating position embeddings "
+                   help="also run image models at this resolution, interpolating position embeddings "
                         "(default for the embedded models: two patches larger)")
     p.add_argument("--family", default=None,
-                   help="which model families the embedded defaults cover, comma-separated (default: every one of "
-                        "vit, clip, siglip, dinov2, dinov3)")
+                   help="which model families the embedded defaults cover, comma-separated (default: all of "
+                        "vit, clip, siglip, dinov2, dinov3, llama, qwen3, olmo2)")
     p.add_argument("--full", action="store_true",
-                   help="add the full-size configs (ViT-B/16, CLIP ViT-B/32, SigLIP base/16, DINOv2 S/14, "
-                        "DINOv3 S/16) to the defaults")
+                   help="add the full-size configs (ViT-B/16, CLIP ViT-B/32, SigLIP base/16, DINOv2 S/14, DINOv3 S/16; "
+                        "Llama-3.2-1B, Qwen3-0.6B and OLMo-2-1B at their width with 2 layers) to the defaults")
     args = parser.parse_args(argv)
     if args.command == "parity":
         return _parity(args)

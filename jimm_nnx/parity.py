@@ -12,16 +12,19 @@ from typing import Any
 
 from jimm_linen import parity
 from jimm_linen.parity import ParityResult, Runner, no_progress
+from jimm_nnx.causal_lm import Llama, Olmo2, Qwen3
 from jimm_nnx.models import CLIP, DINOv2Model, DINOv3Model, SigLIP, VisionTransformer
 from jimm_nnx.sharding import NoSharding
+
+CLASSES = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP, "dinov2": DINOv2Model,
+           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model, "llama": Llama, "qwen3": Qwen3,
+           "olmo2": Olmo2}
 
 
 def load_nnx(directory: Path) -> Callable[..., Any]:
     """jimm's NNX model for `directory` (its class picked by the config's `model_type`)."""
     model_type = json.loads((directory / "config.json").read_text())["model_type"]
-    cls = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP, "dinov2": DINOv2Model,
-           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model}[model_type]
-    return cls.from_pretrained(directory, sharding=NoSharding())
+    return CLASSES[model_type].from_pretrained(directory, sharding=NoSharding())
 
 
 # path name -> runner: every path `jimm parity` can check.
@@ -32,14 +35,16 @@ def check(checkpoints: Sequence[Path] = (), runners: Mapping[str, Runner] = RUNN
           image_size: int | None = None, families: Sequence[str] = tuple(parity.DEFAULTS), full: bool = False,
           progress: Callable[[str], None] = no_progress) -> list[ParityResult]:
     """HF Transformers against jimm through each of `runners`. With `checkpoints` (HF checkpoint
-    directories): each at its own resolution, and at `image_size` too when given. Without: the
-    embedded reference models of `families` (and the full-size ones with `full`), each built here
-    with seeded random weights and checked at its own resolution and at `image_size` (default: two
+    directories): each image model at its own resolution, and at `image_size` too when given;
+    each decoder (Llama, Qwen3, OLMo 2) on a left-padded batch. Without: the embedded reference
+    models of `families` (and the full-size ones with `full`), each built here with seeded random
+    weights, image models checked at their own resolution and at `image_size` (default: two
     patches larger). `progress` is told each step as a line of text."""
     results = []
     if checkpoints:
         for ckpt in checkpoints:
-            for size in (None, image_size) if image_size else (None,):
+            sizes = (None, image_size) if image_size and not parity.is_decoder(ckpt) else (None,)
+            for size in sizes:
                 results += parity.check_directory(str(ckpt), Path(ckpt), runners, batch, size, progress=progress)
         return results
     configs = [(fam, name, cfg) for fam in families
@@ -49,6 +54,9 @@ def check(checkpoints: Sequence[Path] = (), runners: Mapping[str, Runner] = RUNN
             progress(f"building reference {i + 1}/{len(configs)}: {name} ({fam})")
             directory = Path(tmp) / name
             model = parity.build_reference(fam, cfg, directory, seed=i)
+            if fam in parity.DECODER_CLASSES:
+                results += parity.check_directory(name, directory, runners, batch, progress=progress)
+                continue
             # The same checkpoint at another resolution, through interpolate_pos_encoding.
             vision = getattr(model.config, "vision_config", model.config)
             for size in (None, image_size or vision.image_size + 2 * vision.patch_size):

@@ -5,9 +5,13 @@ import os
 import subprocess
 import sys
 import tomllib
+import types
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
 
 from jimm_linen import parity
 from jimm_nnx import cli
@@ -20,14 +24,69 @@ def test_parity_on_embedded_defaults(capsys):
     assert cli.main(["parity"]) == 0
     captured = capsys.readouterr()
     out, err = captured.out, captured.err
-    assert list(parity.DEFAULTS) == ["vit", "clip", "siglip", "dinov2", "dinov3"]
-    names = [name for family in parity.DEFAULTS for name in parity.DEFAULTS[family]]
-    assert len(names) == 11
-    for i, name in enumerate(names):
-        assert f"| {name} " in out and f"| {name}@" in out
-        assert f"building reference {i + 1}/{len(names)}: {name} (" in err
-    assert "| nnx " in out and "| linen " in out and "NO" not in out
+    families = ("vit", "clip", "siglip", "dinov2", "dinov3", "llama", "qwen3", "olmo2")
+    assert tuple(parity.DEFAULTS) == families
+    names = [(family, name) for family in families for name in parity.DEFAULTS[family]]
+    assert len(names) == 18
+    for i, (family, name) in enumerate(names):
+        rows = [row for row in out.splitlines() if row.startswith(f"| {name} ")]
+        assert [row.split("|")[2].strip() for row in rows] == ["linen", "nnx"]
+        # Image models also run at another resolution; decoders on a left-padded batch.
+        assert (f"| {name}@" in out) == (family not in parity.DECODER_CLASSES)
+        assert f"building reference {i + 1}/{len(names)}: {name} ({family})" in err
+    assert "NO" not in out
     assert "building" not in out and "loading through" not in out
+
+
+def test_parity_on_a_decoder_checkpoint_directory(tmp_path, capsys):
+    parity.build_reference("qwen3", parity.QWEN3_CONFIGS["qwen3-gqa-default"], tmp_path, seed=3)
+    assert cli.main(["parity", str(tmp_path), "--batch", "3", "--image-size", "24"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table[2:4]]
+    header = [c.strip() for c in table[0].split("|")[1:-1]]
+    assert [r[0] for r in rows] == [str(tmp_path)] * 2 and [r[1] for r in rows] == ["linen", "nnx"]
+    worst = header.index("worst tensor (rel)")
+    assert {r[worst].split()[0] for r in rows} == {"hidden"} and all(r[-1] == "yes" for r in rows)
+    assert len(table) == 6  # no row at another resolution
+
+
+def _greedy_by_full_forwards(module, variables, input_ids, attention_mask, *, max_new_tokens, do_sample,
+                             eos_token_id, pad_token_id):
+    """Greedy decoding the slow way (a full forward per token, no cache), in
+    `jimm_linen.generation.generate`'s form: it stands in for it in the test below, so that the
+    greedy column is checked end to end whether or not generation is on this branch."""
+    assert not do_sample
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+    done = np.zeros(len(ids), bool)
+    for _ in range(max_new_tokens):
+        logits = np.asarray(module.apply(variables, jnp.asarray(ids), jnp.asarray(mask)))
+        token = np.where(done, pad_token_id, logits[:, -1].argmax(-1))
+        done |= token == eos_token_id
+        ids, mask = np.concatenate([ids, token[:, None]], 1), np.concatenate([mask, np.ones_like(token)[:, None]], 1)
+    return types.SimpleNamespace(sequences=ids)
+
+
+def test_the_greedy_column_compares_with_hf_generate(tmp_path, monkeypatch, capsys):
+    parity.build_reference("llama", parity.LLAMA_CONFIGS["llama-gqa-llama3-bias"], tmp_path, seed=6)
+    monkeypatch.setitem(sys.modules, "jimm_linen.generation", types.SimpleNamespace(generate=_greedy_by_full_forwards))
+    monkeypatch.setattr(parity, "GREEDY_TOKENS", 3)
+    assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 0
+    row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
+    assert row[-2:] == ["100%", "yes"]
+    # A continuation unlike HF's fails the row.
+    monkeypatch.setitem(sys.modules, "jimm_linen.generation", types.SimpleNamespace(generate=lambda *a, **k: (
+        types.SimpleNamespace(sequences=np.pad(np.asarray(a[2]), ((0, 0), (0, k["max_new_tokens"])), constant_values=5)))))
+    assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 1
+    row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
+    assert row[-1] == "NO" and row[-2] != "100%"
+
+
+def test_a_decoder_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
+    parity.build_reference("olmo2", parity.OLMO2_CONFIGS["olmo2-gqa-headdim-bias"], tmp_path, seed=4)
+    monkeypatch.setattr(parity, "RTOL", 0.0)
+    assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 1
+    captured = capsys.readouterr()
+    assert "| NO " in captured.out and "out of tolerance" in captured.err
 
 
 def test_parity_on_a_checkpoint_directory(tmp_path, capsys):

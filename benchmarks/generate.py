@@ -62,6 +62,7 @@ def build_checkpoint(out_dir: str | Path, seed: int = 0, **config):
     from jimm_linen.parity import perturb_
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     tokenizer = gpt2_tokenizer()
     eos = tokenizer.eos_token_id
     hf_config = transformers.LlamaConfig(**{**CONFIG, **config}, vocab_size=len(tokenizer), bos_token_id=eos,

@@ -81,9 +81,12 @@ def _one_minus(top_p):
 
 
 def top_p_filter(logits: jax.Array, top_p, min_tokens_to_keep: int = 1) -> jax.Array:
-    """HF's `TopPLogitsWarper` (nucleus): sort ascending (stable, as torch's CPU sort), drop the
-    tokens whose cumulative probability is <= 1 - top_p, always keeping the `min_tokens_to_keep`
-    most likely."""
+    """HF's `TopPLogitsWarper` (nucleus): sort ascending, drop the tokens whose cumulative
+    probability is <= 1 - top_p, always keeping the `min_tokens_to_keep` most likely.
+
+    Equal logits across the cut: the sort is stable, so the lower index is dropped first, as HF
+    does with `torch.sort(stable=True)`. torch's default sort orders equal values arbitrarily,
+    so HF may keep another of the equal tokens: as many of them, of the same value."""
     return _top_p_cut(logits, _one_minus(top_p), min_tokens_to_keep)
 
 
@@ -98,7 +101,8 @@ def _top_p_cut(logits, cut, min_tokens_to_keep: int):
 
 def min_p_filter(logits: jax.Array, min_p, min_tokens_to_keep: int = 1) -> jax.Array:
     """HF's `MinPLogitsWarper`: drop the tokens less likely than `min_p` times the most likely
-    one, always keeping the `min_tokens_to_keep` most likely."""
+    one, always keeping the `min_tokens_to_keep` most likely (among equal ones the lower index,
+    as `torch.topk` on a stable sort)."""
     probs = jax.nn.softmax(logits, axis=-1)
     drop = probs < min_p * probs.max(axis=-1, keepdims=True)
     if min_tokens_to_keep > 1:

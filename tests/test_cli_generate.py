@@ -92,3 +92,14 @@ def test_a_tokenizer_without_chat_template_is_refused_for_chat(checkpoint, tmp_p
     (plain / "chat_template.jinja").unlink()
     assert cli.main(["generate", str(plain), "--prompt", "hi", "--chat"]) == 2
     assert "has no chat template" in capsys.readouterr().err
+
+
+def test_the_committed_generation_table_is_the_latest_run():
+    from pathlib import Path
+
+    from benchmarks import generate as bench
+
+    tables = (Path(bench.__file__).parent / "RESULTS.md").read_text()
+    block = tables.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0].strip()
+    assert block == bench.render(bench.RESULTS)
+    assert "| HF generate (PyTorch eager) |" in block and "| jimm generate path (jimm_nnx stream) |" in block

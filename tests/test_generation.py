@@ -190,7 +190,7 @@ def same_up_to_ties(ours, ref):
 def stable_torch(monkeypatch):
     """torch's sort and topk with ties in index order (`stable=True`): HF's processors then
     break ties as ours do. (torch's default CPU sort orders equal values arbitrarily.)"""
-    sort, topk = torch.sort, torch.topk
+    sort = torch.sort
 
     def stable_sort(x, dim=-1, descending=False, **kw):
         return sort(x, dim=dim, descending=descending, stable=True)

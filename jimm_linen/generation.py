@@ -348,7 +348,10 @@ def _prepare(module, input_ids, attention_mask, max_new_tokens, rng, settings):
     s = sampling_arrays(resolve_settings(config, **settings))
     if config.generation:  # resolved above: checkpoints that differ only there share the program
         module = module.clone(config=dataclasses.replace(config, generation=()))
-    return module, ids, mask, s, _key(rng), tuple(nn.get_logical_axis_rules())
+    # The caller's logical-axis rules shape the traced program, so they key the compile cache.
+    rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                  for name, axes in nn.get_logical_axis_rules())
+    return module, ids, mask, s, _key(rng), rules
 
 
 def generate(module: nn.Module, variables, input_ids, attention_mask=None, *, max_new_tokens: int,
@@ -366,13 +369,14 @@ def generate(module: nn.Module, variables, input_ids, attention_mask=None, *, ma
     then `config.json` (token ids), then HF's own defaults: greedy, temperature 1, top_k 50 (as
     HF; 0 turns top-k off), top_p 1, min_p 0, repetition_penalty 1; the first EOS id pads when
     there is no pad id. `eos_token_id` may be a list (Llama 3 Instruct; `[]`: no EOS, every row
-    runs `max_new_tokens`); a row stops at its first EOS and is padded with `pad_token_id` after it. `rng` (a key or an int seed; default key 0)
-    makes sampling reproducible.
+    runs `max_new_tokens`); a row stops at its first EOS and is padded with `pad_token_id` after
+    it. `rng` (a key or an int seed; default key 0) makes sampling reproducible.
 
     One compiled program runs the prefill and a `lax.while_loop` of decode steps that stops when
     every row has produced an EOS. It is compiled once per module, shapes, `max_new_tokens` and
     number of EOS ids; every other setting is a traced value. The KV cache of `T +
-    max_new_tokens` slots is created inside it and updated in place.
+    max_new_tokens` slots is created inside it and updated in place. Called under
+    `nn.logical_axis_rules(...)` (and a mesh), the model's constraints follow those rules.
 
     Errors: ids outside the vocabulary, a mask of another shape or not left-padded, prompt +
     `max_new_tokens` beyond `max_position_embeddings` (rope_type "dynamic", which exists to

@@ -95,6 +95,19 @@ def _generate(args) -> int:
 
     import jimm_nnx
 
+    from jimm_linen.models.causal_lm import CausalLM, CausalLMConfig
+    from jimm_linen.pretrained import FAMILIES, read_config
+
+    try:
+        _, config = read_config(args.checkpoint)
+    except ValueError as e:
+        print(f"{args.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(config, CausalLMConfig):
+        decoders = sorted(k for k, f in FAMILIES.items() if issubclass(f.module_cls, CausalLM))
+        print(f"{args.checkpoint}: a {type(config).__name__} checkpoint, not a decoder LM (jimm generate runs "
+              f"{', '.join(decoders)})", file=sys.stderr)
+        return 2
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     if args.chat:
         if not tokenizer.chat_template:
@@ -113,10 +126,11 @@ def _generate(args) -> int:
     elif any(v is not None for v in settings.values()):
         settings["do_sample"] = True
     _progress(f"{args.checkpoint}: loading")
-    lm = jimm_nnx.CausalLM.from_pretrained(args.checkpoint)
     text = _Detokenizer(tokenizer)
     start, first, count = time.perf_counter(), None, 0
     try:
+        lm = jimm_nnx.CausalLM.from_pretrained(args.checkpoint)
+        start = time.perf_counter()
         steps = lm.stream(np.asarray([ids], np.int32), max_new_tokens=args.max_new_tokens, rng=args.seed, **settings)
         for tokens in steps:
             first = time.perf_counter() - start if first is None else first

@@ -5,6 +5,7 @@ sampling, and one-line errors with exit status 2."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -67,9 +68,18 @@ def test_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text(json.dumps(model.config.to_dict()))
+    vit = tmp_path / "vit"
+    shutil.copytree(d, vit)
+    (vit / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    gpt = tmp_path / "gpt"
+    shutil.copytree(d, gpt)
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     cases = [
         (["generate", str(bare), "--prompt", "hi"], f"{bare}: no tokenizer there"),
         (["generate", str(tmp_path / "missing"), "--prompt", "hi"], "no such directory"),
+        (["generate", str(gpt), "--prompt", "hi"], "unknown model_type 'gpt_neox'"),
+        (["generate", str(vit), "--prompt", "hi"],
+         "a ViTConfig checkpoint, not a decoder LM (jimm generate runs llama, olmo2, qwen3)"),
         (["generate", str(d), "--prompt", PROMPT, "--max-new-tokens", "60"],
          "max_new_tokens (60) = 68 positions exceed max_position_embeddings (64)"),
         (["generate", str(d), "--prompt", PROMPT, "--max-new-tokens", "4", "--temperature", "0.5",
@@ -85,8 +95,6 @@ def test_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
 
 def test_a_tokenizer_without_chat_template_is_refused_for_chat(checkpoint, tmp_path, capsys):
     d, _, _ = checkpoint
-    import shutil
-
     plain = tmp_path / "plain"
     shutil.copytree(d, plain)
     (plain / "chat_template.jinja").unlink()

@@ -11,12 +11,12 @@ from jimm_linen.models.llama import Llama, LlamaConfig
 from jimm_linen.models.olmo2 import Olmo2, Olmo2Config
 from jimm_linen.models.qwen3 import Qwen3, Qwen3Config
 from jimm_linen.models.vit import TowerOutput, ViT, ViTConfig
-from jimm_linen.outputs import CausalLMOutput
+from jimm_linen.outputs import CausalLMOutput, GenerationOutput
 
 __all__ = ["CLIP", "CLIPConfig", "CausalLM", "CausalLMConfig", "CausalLMOutput", "DINOv2", "DINOv2Config", "DINOv3",
-           "DINOv3Config", "ImageTextOutput", "KVCache", "Llama", "LlamaConfig", "Olmo2", "Olmo2Config", "Qwen3",
-           "Qwen3Config", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer", "TowerOutput", "ViT", "ViTConfig",
-           "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
+           "DINOv3Config", "GenerationOutput", "ImageTextOutput", "KVCache", "Llama", "LlamaConfig", "Olmo2",
+           "Olmo2Config", "Qwen3", "Qwen3Config", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
+           "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
            "sigmoid_loss"]
 
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402
@@ -30,3 +30,8 @@ from jimm_linen.models.image_text import ZeroShotClassifier  # noqa: E402
 __all__ += ["ZeroShotClassifier"]
 
 from jimm_linen import big_vision  # noqa: E402,F401  (big_vision.load_npz: big_vision .npz checkpoints)
+
+from jimm_linen import generation  # noqa: E402,F401  (stream, the sampling filters)
+from jimm_linen.generation import generate  # noqa: E402
+
+__all__ += ["generate"]

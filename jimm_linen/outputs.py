@@ -49,3 +49,15 @@ class CausalLMOutput:
     last_hidden_state: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
     cache: object | None = None
+
+
+@flax.struct.dataclass
+class GenerationOutput:
+    """What `jimm_linen.generate` returns: `sequences [B, T + max_new_tokens]` int32 (the prompt
+    as given, then the new tokens; `pad_token_id` after a row's EOS, and in every slot after the
+    step at which all rows had stopped), `finished [B]` (the row produced an EOS) and
+    `num_new_tokens [B]` (the tokens each row produced, its EOS included)."""
+
+    sequences: jax.Array
+    finished: jax.Array
+    num_new_tokens: jax.Array

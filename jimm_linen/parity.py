@@ -128,10 +128,11 @@ QWEN3_CONFIGS: dict[str, dict[str, Any]] = {
 }
 OLMO2_CONFIGS: dict[str, dict[str, Any]] = {
     "olmo2-gqa-headdim-bias": dict(
-        _DECODER, num_key_value_heads=2, head_dim=12, attention_bias=True, rms_norm_eps=3e-5,
+        _DECODER, num_key_value_heads=2, head_dim=12, attention_bias=True, rms_norm_eps=3e-5, eos_token_id=95,
         rope_parameters=dict(rope_type="default", rope_theta=500000.0)),
     "olmo2-mha-llama3-tied": dict(
         _DECODER, num_key_value_heads=4, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=8192,
+        eos_token_id=95,
         rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=2048)),
 }
@@ -153,6 +154,8 @@ OLMO2_1B_2LAYERS: dict[str, Any] = dict(
     vocab_size=100352, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=16,
     num_key_value_heads=16, rms_norm_eps=1e-6, max_position_embeddings=4096,
     rope_parameters=dict(rope_type="default", rope_theta=500000.0), pad_token_id=100277, eos_token_id=100257)
+
+# (OLMo 2's default eos_token_id, 50279, lies outside these small vocabularies: generate refuses it.)
 
 # The decoder families: HF config and model classes (transformers' names).
 DECODER_CLASSES: dict[str, tuple[str, str]] = {
@@ -525,18 +528,11 @@ GREEDY_TOKENS = 8
 
 
 def greedy_tokens(run, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
-                  eos_token_id, pad_token_id) -> np.ndarray | None:
+                  eos_token_id, pad_token_id) -> np.ndarray:
     """jimm's greedy continuation `[B, max_new_tokens]` through a runner's model (`generate`,
-    as `jimm_linen.generation.generate` and the NNX classes' take it), or None while this checkout
-    has no `jimm_linen.generation` (generation lands separately; the rows then say "n/a")."""
+    as `jimm_linen.generation.generate` and the NNX classes' take it)."""
     import jax.numpy as jnp
 
-    try:
-        import jimm_linen.generation  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "jimm_linen.generation":
-            raise
-        return None
     out = run.generate(jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
                        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id,
                        pad_token_id=pad_token_id)
@@ -574,6 +570,7 @@ def check_decoder_directory(name: str, directory: Path, runners: Mapping[str, Ru
     ref_named = {f"hidden {i}": real_positions(h, mask) for i, h in enumerate(ref_hidden)}
     eos = cfg.eos_token_id
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    pad = 0 if pad is None else pad  # no EOS either: rows never end, the pad id is never written
     ref_greedy = None
     results = []
     for path, load in runners.items():
@@ -585,10 +582,9 @@ def check_decoder_directory(name: str, directory: Path, runners: Mapping[str, Ru
         result = compare(name, path, real_positions(out.logits, mask), real_positions(ref_logits, mask),
                          named, ref_named)
         greedy = greedy_tokens(run, ids, mask, GREEDY_TOKENS, eos, pad)
-        if greedy is not None:
-            if ref_greedy is None:
-                ref_greedy = hf_greedy_tokens(ref_model, ids, mask, GREEDY_TOKENS, eos, pad)
-            result.greedy_agree = float(np.mean(greedy == ref_greedy)) if greedy.shape == ref_greedy.shape else 0.0
+        if ref_greedy is None:
+            ref_greedy = hf_greedy_tokens(ref_model, ids, mask, GREEDY_TOKENS, eos, pad)
+        result.greedy_agree = float(np.mean(greedy == ref_greedy)) if greedy.shape == ref_greedy.shape else 0.0
         results.append(result)
     return results
 

@@ -4,11 +4,16 @@ from `config.json`; `Llama`, `Qwen3`, `Olmo2` are the families' own classes. The
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 
+import bridge
+from jimm_linen import generation
 from jimm_linen.models import causal_lm as linen_lm
+from jimm_linen.outputs import GenerationOutput
 from jimm_linen.models.llama import Llama as LinenLlama, LlamaConfig
 from jimm_linen.models.olmo2 import Olmo2 as LinenOlmo2, Olmo2Config
 from jimm_linen.models.qwen3 import Qwen3 as LinenQwen3, Qwen3Config
@@ -52,6 +57,20 @@ class CausalLM(PretrainedModel):
 
     def init_cache(self, batch: int, length: int, dtype: Any = None) -> linen_lm.KVCache:
         return self.linen_module.init_cache(batch, length, dtype)
+
+    def generate(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, max_new_tokens: int,
+                 **settings: Any) -> GenerationOutput:
+        """`jimm_linen.generate` on this model's parameters: the same keywords (`do_sample`,
+        `temperature`, `top_k`, `top_p`, `min_p`, `repetition_penalty`, `eos_token_id`,
+        `pad_token_id`, `rng`), the same output, the same compiled program."""
+        return generation.generate(self.linen_module, bridge.to_linen_variables(self), input_ids, attention_mask,
+                                   max_new_tokens=max_new_tokens, **settings)
+
+    def stream(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, max_new_tokens: int,
+               **settings: Any) -> Iterator[np.ndarray]:
+        """`jimm_linen.generation.stream` on this model: each step's new tokens `[B]` as they come."""
+        return generation.stream(self.linen_module, bridge.to_linen_variables(self), input_ids, attention_mask,
+                                 max_new_tokens=max_new_tokens, **settings)
 
 
 # The jimm_linen module of each decoder config (what `CausalLM.from_config` builds).

@@ -1,4 +1,4 @@
-"""The `jimm` command line: `jimm parity [PATH ...]`."""
+"""The `jimm` command line: `jimm parity [PATH ...]`, `jimm generate PATH --prompt TEXT`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,99 @@ def _parity(args) -> int:
     return 0
 
 
+# What a checkpoint directory holds when it has a tokenizer transformers can load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+class _Detokenizer:
+    """Text of the tokens so far, handed out as it grows: the whole sequence is decoded again at
+    each token (a token may be part of a character, or change how the previous ones read), and
+    text ending in an incomplete character waits for the next token."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return "" if text.endswith("\ufffd") else self._new(text)
+
+    def flush(self) -> str:
+        return self._new(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _new(self, text: str) -> str:
+        new, self.shown = text[self.shown:], len(text)
+        return new
+
+
+def _generate(args) -> int:
+    problem = _checkpoint_problem(args.checkpoint)
+    if problem is None and not any((args.checkpoint / f).is_file() for f in TOKENIZER_FILES):
+        problem = (f"{args.checkpoint}: no tokenizer there (none of {', '.join(TOKENIZER_FILES)}); jimm generate "
+                   f"reads the checkpoint's own tokenizer")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    import time
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    import jimm_nnx
+
+    from jimm_linen.models.causal_lm import CausalLM, CausalLMConfig
+    from jimm_linen.pretrained import FAMILIES, read_config
+
+    try:
+        _, config = read_config(args.checkpoint)
+    except ValueError as e:
+        print(f"{args.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(config, CausalLMConfig):
+        decoders = sorted(k for k, f in FAMILIES.items() if issubclass(f.module_cls, CausalLM))
+        print(f"{args.checkpoint}: a {type(config).__name__} checkpoint, not a decoder LM (jimm generate runs "
+              f"{', '.join(decoders)})", file=sys.stderr)
+        return 2
+    tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    if args.chat:
+        if not tokenizer.chat_template:
+            print(f"{args.checkpoint}: the tokenizer has no chat template (--chat needs one)", file=sys.stderr)
+            return 2
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                            return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(args.prompt)["input_ids"]
+    if not ids:
+        print("the prompt is empty after tokenization", file=sys.stderr)
+        return 2
+    settings = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    if args.temperature == 0:
+        settings.update(do_sample=False, temperature=None)
+    elif any(v is not None for v in settings.values()):
+        settings["do_sample"] = True
+    _progress(f"{args.checkpoint}: loading")
+    text = _Detokenizer(tokenizer)
+    start, first, count = time.perf_counter(), None, 0
+    try:
+        lm = jimm_nnx.CausalLM.from_pretrained(args.checkpoint)
+        start = time.perf_counter()
+        steps = lm.stream(np.asarray([ids], np.int32), max_new_tokens=args.max_new_tokens, rng=args.seed, **settings)
+        for tokens in steps:
+            first = time.perf_counter() - start if first is None else first
+            count += 1
+            print(text.push(int(tokens[0])), end="", flush=True)
+    except ValueError as e:
+        print(f"{args.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    total = time.perf_counter() - start
+    print(text.flush(), flush=True)
+    rate = f"{count / total:.1f} tokens/s"
+    if count > 1:
+        rate += f"; {(count - 1) / (total - first):.1f} tokens/s after the first, which took {first:.2f} s (compiling)"
+    _progress(f"{count} tokens in {total:.2f} s: {rate}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jimm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,9 +168,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true",
                    help="add the full-size configs (ViT-B/16, CLIP ViT-B/32, SigLIP base/16, DINOv2 S/14, DINOv3 S/16; "
                         "Llama-3.2-1B, Qwen3-0.6B and OLMo-2-1B at their width with 2 layers) to the defaults")
+    g = sub.add_parser("generate", help="stream text from a decoder checkpoint with its tokenizer",
+                       description="Stream the continuation of a prompt to stdout, from an HF decoder checkpoint "
+                                   "directory (Llama, Qwen3, OLMo 2) and its tokenizer; tokens/s on stderr at the end. "
+                                   "Sampling when --temperature > 0, --top-k or --top-p is given; --temperature 0 is "
+                                   "greedy; otherwise the checkpoint's generation_config.json decides (greedy "
+                                   "without one).")
+    g.add_argument("checkpoint", type=Path, help="HF checkpoint directory with its tokenizer files")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
+    g.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as a user message with the tokenizer's chat template")
     args = parser.parse_args(argv)
     if args.command == "parity":
         return _parity(args)
+    if args.command == "generate":
+        return _generate(args)
     return 2
 
 

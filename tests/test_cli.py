@@ -8,7 +8,6 @@ import tomllib
 import types
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -50,25 +49,8 @@ def test_parity_on_a_decoder_checkpoint_directory(tmp_path, capsys):
     assert len(table) == 6  # no row at another resolution
 
 
-def _greedy_by_full_forwards(module, variables, input_ids, attention_mask, *, max_new_tokens, do_sample,
-                             eos_token_id, pad_token_id):
-    """Greedy decoding the slow way (a full forward per token, no cache), in
-    `jimm_linen.generation.generate`'s form: it stands in for it in the test below, so that the
-    greedy column is checked end to end whether or not generation is on this branch."""
-    assert not do_sample
-    ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
-    done = np.zeros(len(ids), bool)
-    for _ in range(max_new_tokens):
-        logits = np.asarray(module.apply(variables, jnp.asarray(ids), jnp.asarray(mask)))
-        token = np.where(done, pad_token_id, logits[:, -1].argmax(-1))
-        done |= token == eos_token_id
-        ids, mask = np.concatenate([ids, token[:, None]], 1), np.concatenate([mask, np.ones_like(token)[:, None]], 1)
-    return types.SimpleNamespace(sequences=ids)
-
-
 def test_the_greedy_column_compares_with_hf_generate(tmp_path, monkeypatch, capsys):
     parity.build_reference("llama", parity.LLAMA_CONFIGS["llama-gqa-llama3-bias"], tmp_path, seed=6)
-    monkeypatch.setitem(sys.modules, "jimm_linen.generation", types.SimpleNamespace(generate=_greedy_by_full_forwards))
     monkeypatch.setattr(parity, "GREEDY_TOKENS", 3)
     assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 0
     row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]

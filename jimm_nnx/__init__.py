@@ -1,12 +1,27 @@
-"""jimm's NNX API (`VisionTransformer.from_pretrained(...)`, `from_config`, `save_pretrained`,
-`sharding=`), built from the `jimm_linen` models through `bridge`: no model math lives here."""
+"""jimm's NNX API, built from the `jimm_linen` models through `bridge`: no model math lives here.
+
+`import jimm_nnx as jimm` gives the `jimm` library's names and module paths
+(`jimm.VisionTransformer.from_pretrained(...)`, `from_config`, `save_pretrained`, `sharding=`,
+`jimm.common.sharding.NoSharding`, `jimm.models.clip.sharding.CLIPSharding`,
+`make_tokamax_attention`, the tokamax autotuning helpers), plus our own additions
+(`Sharding(rules, mesh)`, `PretrainedModel`, `ImageTextOutput` via `CLIP.outputs`).
+"""
 
 from jimm_linen import make_tokamax_attention
+from jimm_nnx import common, models  # noqa: F401  (jimm's module paths: jimm.common.sharding, ...)
+from jimm_nnx.autotuning import AutotuningResult, autotune, autotuned_fn, cached_autotune, load_autotune_result
+from jimm_nnx.common.tokamax_attention import tokamax_attention_fn as tokamax_attention
 from jimm_nnx.models import (
     CLIP, CLIPTextModel, CLIPVisionModel, PretrainedModel, SigLIP, SigLIPTextModel, SigLIPVisionModel,
     VisionTransformer,
 )
-from jimm_nnx.sharding import NoSharding, Sharding
+from jimm_nnx.sharding import (
+    CLIPSharding, DINOv2Sharding, DINOv3Sharding, NoSharding, Sharding, ShardingSpec, SigLIPSharding, ViTSharding,
+)
 
-__all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "NoSharding", "PretrainedModel", "Sharding", "SigLIP",
-           "SigLIPTextModel", "SigLIPVisionModel", "VisionTransformer", "make_tokamax_attention"]
+__all__ = [
+    "AutotuningResult", "CLIP", "CLIPSharding", "CLIPTextModel", "CLIPVisionModel", "DINOv2Sharding",
+    "DINOv3Sharding", "NoSharding", "PretrainedModel", "Sharding", "ShardingSpec", "SigLIP", "SigLIPSharding",
+    "SigLIPTextModel", "SigLIPVisionModel", "ViTSharding", "VisionTransformer", "autotune", "autotuned_fn",
+    "cached_autotune", "load_autotune_result", "make_tokamax_attention", "tokamax_attention",
+]

@@ -1,0 +1,2 @@
+"""`jimm.common`'s module paths (`jimm_nnx.common.sharding`, `.tokamax_attention`,
+`.autotuning`): the same objects as `jimm_nnx`'s own."""

@@ -67,9 +67,10 @@ class Placement:
         # get_rules gives tuples all the way down: a placement is static (hashed) model metadata
         # under nnx.jit.
         rules = get_rules(rules)
+        if mesh is not None and not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh (devices needed to place arrays), "
+                            f"got {type(mesh).__name__}")
         mesh = mesh if mesh is not None else current_mesh()
-        if mesh is not None and not isinstance(mesh, Mesh | AbstractMesh):
-            raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
         return cls(mesh, rules, _check_layout(layout)) if mesh is not None else cls()
 
     @property

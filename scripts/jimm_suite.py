@@ -226,19 +226,33 @@ def run_suite(target: str, python: str, work: Path, out: Path, pytest_args: list
     else:
         env.pop("PYTHONPATH", None)
     out.mkdir(parents=True, exist_ok=True)
-    junit = out / f"junit-{target}.xml"
-    cmd = [python, "-m", "pytest", "tests", "-p", "no:cacheprovider", "-o", "addopts=", "-q", "-rA",
-           f"--junitxml={junit}", *pytest_args]
-    print(f"[{target}] {' '.join(cmd)}  (in {sdist})", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=sdist, env=env, capture_output=True, text=True)
-    (out / f"pytest-{target}.log").write_text(proc.stdout + proc.stderr)
-    result = summarize(junit)
-    result["returncode"] = proc.returncode
+    log = out / f"pytest-{target}.log"
+    log.write_text("")
+    outcomes: dict[str, str] = {}
+    # One pytest process per test file: jimm's modules build full-size models at import and
+    # keep them, which in one process outgrows a 24 GiB machine; apart, each file's memory
+    # goes back when it ends.
+    for test_file in sorted((sdist / "tests").glob("test_*.py")):
+        junit = out / f"junit-{target}-{test_file.stem}.xml"
+        junit.unlink(missing_ok=True)
+        cmd = [python, "-m", "pytest", f"tests/{test_file.name}", "-p", "no:cacheprovider", "-o", "addopts=",
+               "-q", "-rA", f"--junitxml={junit}", *pytest_args]
+        print(f"[{target}] {' '.join(cmd)}  (in {sdist})", file=sys.stderr, flush=True)
+        with log.open("a") as f:
+            f.write(f"\n===== {test_file.name} =====\n")
+            f.flush()
+            proc = subprocess.run(cmd, cwd=sdist, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if junit.is_file():
+            outcomes.update(summarize(junit))
+        else:  # killed (e.g. out of memory) before pytest wrote its report
+            outcomes[f"tests/{test_file.name}"] = f"error: pytest exited {proc.returncode} without a report"
+    count = {k: sum(v.split(":")[0] == k for v in outcomes.values()) for k in ("passed", "failure", "error", "skipped")}
+    result = {"target": target, "counts": count, "tests": outcomes}
     (out / f"result-{target}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def summarize(junit: Path) -> dict:
+def summarize(junit: Path) -> dict[str, str]:
     """Per-test outcomes from pytest's junit XML; a module that fails to import is one error."""
     outcomes: dict[str, str] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
@@ -249,8 +263,7 @@ def summarize(junit: Path) -> dict:
             child = next(c for c in case if c.tag == outcome)
             outcome += f": {(child.get('message') or '').splitlines()[0][:200] if child.get('message') else ''}"
         outcomes[name] = outcome
-    count = {k: sum(v.split(":")[0] == k for v in outcomes.values()) for k in ("passed", "failure", "error", "skipped")}
-    return {"counts": count, "tests": outcomes}
+    return outcomes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -410,3 +410,8 @@ class SigLIPTextModel(_TextTower):
     model_type = "siglip_text_model"
     full_cls = linen_clip.SigLIPConfig
     default_sharding = SigLIPSharding
+
+
+# jimm's module paths (jimm.models.clip.sharding.CLIPSharding, ...) as attributes too; last,
+# since those modules re-export the classes above.
+from jimm_nnx.models import clip, dinov2, dinov3, siglip, vit  # noqa: E402, F401

@@ -1,12 +1,12 @@
 """`jimm.models.dinov3`: `DINOv3Sharding`, and `DINOv3Model` from `jimm_nnx.models` where that family is."""
 
-from jimm_nnx.sharding import DINOv3Sharding
+from jimm_nnx.models.dinov3.sharding import DINOv3Sharding
 
 __all__ = ["DINOv3Model", "DINOv3Sharding"]
 
 
 def __getattr__(name: str):
-    # The model class lives in jimm_nnx.models, which imports nothing from here.
+    # Looked up when asked: the class is defined in jimm_nnx.models, which imports this module.
     if name == "DINOv3Model":
         import jimm_nnx.models
 

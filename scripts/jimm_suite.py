@@ -62,6 +62,17 @@ sys.modules[__name__] = jimm_nnx
 '''
 
 
+# jimm's tests that do not pass for jimm_nnx, each with the reason (README lists them too). A
+# module that cannot be imported is one entry ("::tests.<module>"), however many tests it holds.
+KNOWN_FAILURES: dict[str, str] = {
+    "::tests.test_loading_utils": "jimm.common.loading_utils (apply_mapping, expand_scanned_layers) is the "
+    "internals of jimm's own NNX weight loader; jimm_nnx loads through jimm_linen's engine, which has no such "
+    "functions (4 tests)",
+    "::tests.test_transformer": "jimm.common.transformer (Transformer, TransformerEncoder) is jimm's internal NNX "
+    "block stack; jimm_nnx's blocks are jimm_linen's Linen modules inside the bridged models (2 tests)",
+}
+
+
 def fetch_sdist(work: Path) -> Path:
     """`jax-image-models==JIMM_VERSION`'s sdist from the package registry, unpacked."""
     root = work / f"jax_image_models-{JIMM_VERSION}"
@@ -101,7 +112,10 @@ def clip_tokenizer():
 
 
 def siglip_tokenizer(directory: Path):
-    """A SigLIP tokenizer over a small sentencepiece model trained here on the suite's prompts."""
+    """A SigLIP tokenizer over a small sentencepiece model trained here on the suite's prompts.
+    "cat" and "dog" are whole pieces, so the suite's two prompts are as long as each other (as
+    with the hub's vocabulary: jimm's tests batch them unpadded), and it returns `input_ids`
+    alone, as the hub's SigLIP tokenizers do (SigLIP was trained without attention masks)."""
     import sentencepiece as spm
     from transformers import SiglipTokenizer
 
@@ -109,10 +123,12 @@ def siglip_tokenizer(directory: Path):
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=40,
                                    model_type="unigram", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2,
-                                   bos_id=-1, character_coverage=1.0, minloglevel=2)
+                                   bos_id=-1, character_coverage=1.0, minloglevel=2,
+                                   user_defined_symbols=["cat", "dog"])
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "spiece.model").write_bytes(model.getvalue())
-    return SiglipTokenizer(vocab_file=str(directory / "spiece.model"), model_max_length=64)
+    return SiglipTokenizer(vocab_file=str(directory / "spiece.model"), model_max_length=64,
+                           model_input_names=["input_ids"])
 
 
 def _vit_labels(n: int) -> dict:
@@ -215,7 +231,8 @@ def shim_dir(work: Path) -> Path:
     return shim
 
 
-def run_suite(target: str, python: str, work: Path, out: Path, pytest_args: list[str]) -> dict:
+def run_suite(target: str, python: str, work: Path, out: Path, pytest_args: list[str],
+              files: list[str] | None = None) -> dict:
     sdist = fetch_sdist(work)
     cache = build_hub_cache(work / "hub")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TRANSFORMERS_OFFLINE": "1",
@@ -229,10 +246,16 @@ def run_suite(target: str, python: str, work: Path, out: Path, pytest_args: list
     log = out / f"pytest-{target}.log"
     log.write_text("")
     outcomes: dict[str, str] = {}
+    test_files = sorted((sdist / "tests").glob("test_*.py"))
+    if files:
+        unknown = set(files) - {f.name for f in test_files}
+        if unknown:
+            raise SystemExit(f"no such test file(s) in jimm's tests/: {sorted(unknown)}")
+        test_files = [f for f in test_files if f.name in files]
     # One pytest process per test file: jimm's modules build full-size models at import and
     # keep them, which in one process outgrows a 24 GiB machine; apart, each file's memory
     # goes back when it ends.
-    for test_file in sorted((sdist / "tests").glob("test_*.py")):
+    for test_file in test_files:
         junit = out / f"junit-{target}-{test_file.stem}.xml"
         junit.unlink(missing_ok=True)
         cmd = [python, "-m", "pytest", f"tests/{test_file.name}", "-p", "no:cacheprovider", "-o", "addopts=",
@@ -242,10 +265,11 @@ def run_suite(target: str, python: str, work: Path, out: Path, pytest_args: list
             f.write(f"\n===== {test_file.name} =====\n")
             f.flush()
             proc = subprocess.run(cmd, cwd=sdist, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if junit.is_file():
-            outcomes.update(summarize(junit))
-        else:  # killed (e.g. out of memory) before pytest wrote its report
-            outcomes[f"tests/{test_file.name}"] = f"error: pytest exited {proc.returncode} without a report"
+        if not junit.is_file():  # killed (e.g. out of memory) before pytest wrote its report
+            outcomes[f"::tests.{test_file.stem}"] = f"error: pytest exited {proc.returncode} without a report"
+    # Every file's latest report: a run with --files refreshes those files and keeps the others'.
+    for junit in sorted(out.glob(f"junit-{target}-test_*.xml")):
+        outcomes.update(summarize(junit))
     count = {k: sum(v.split(":")[0] == k for v in outcomes.values()) for k in ("passed", "failure", "error", "skipped")}
     result = {"target": target, "counts": count, "tests": outcomes}
     (out / f"result-{target}.json").write_text(json.dumps(result, indent=2))
@@ -274,13 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where the sdist, hub cache and shim go")
     p.add_argument("--out", type=Path, default=None, help="where the log, junit XML and result JSON go")
     p.add_argument("--build-only", action="store_true", help="fetch the sdist and build the hub cache, run nothing")
+    p.add_argument("--files", nargs="+", help="run only these files of jimm's tests/ (e.g. test_vit.py); the "
+                   "summary keeps the other files' latest results in --out")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --), e.g. -k clip")
     args = p.parse_args(argv)
     if args.build_only:
         fetch_sdist(args.work)
         build_hub_cache(args.work / "hub")
         return 0
-    result = run_suite(args.target, args.python, args.work, args.out or args.work / "results", args.pytest_args)
+    result = run_suite(args.target, args.python, args.work, args.out or args.work / "results", args.pytest_args,
+                       args.files)
     c = result["counts"]
     for name, outcome in result["tests"].items():
         if outcome != "passed":

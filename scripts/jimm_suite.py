@@ -70,6 +70,10 @@ KNOWN_FAILURES: dict[str, str] = {
     "functions (4 tests)",
     "::tests.test_transformer": "jimm.common.transformer (Transformer, TransformerEncoder) is jimm's internal NNX "
     "block stack; jimm_nnx's blocks are jimm_linen's Linen modules inside the bridged models (2 tests)",
+    # Until the DINOv2 / DINOv3 family lands (issue 13 item 2, its own branch): then these pass or
+    # get their own entries, and these two lines go.
+    "::tests.test_dinov2": "DINOv2Model comes with the DINOv2 family, not yet in this branch (5 tests)",
+    "::tests.test_dinov3": "DINOv3Model comes with the DINOv3 family, not yet in this branch (8 tests)",
 }
 
 

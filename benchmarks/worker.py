@@ -468,7 +468,7 @@ def jimm_nnx_clip_bench(spec) -> Bench:
                                           attention_fn=_attention(spec), dtype=dtype, scan=spec.get("scan", True))
     x = (jnp.asarray(images, dtype), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
     return _clip_output(_nnx_bench(spec, model, x, None, _versions("jax", "jaxlib", "flax", "optax"),
-                                   call=lambda m, x: m(*x).logits_per_image, graph=spec.get("graph", False)))
+                                   call=lambda m, x: m(x[0], x[1], attention_mask=x[2]), graph=spec.get("graph", False)))
 
 
 def jimm_lib_clip_bench(spec) -> Bench:

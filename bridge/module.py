@@ -82,6 +82,9 @@ class LinenModule(nnx.bridge.ToNNX):
     `from_linen_variables`; call it like the Linen module's `apply` without the variables.
     """
 
+    # Attributes of a subclass that are plain Python values (flags), not Linen variables.
+    plain_attributes: tuple[str, ...] = ()
+
     def __init__(self, module: nn.Module, variables: Mapping[str, Any], *, placement: Placement,
                  rngs: RngsLike = None):
         """`variables` must be boxed (`nn.LogicallyPartitioned` leaves name their axes); use
@@ -131,10 +134,14 @@ class LinenModule(nnx.bridge.ToNNX):
 
         abstract = jax.eval_shape(run(PartitionSpec()), streams, *example_inputs)
         specs = jax.tree.map(lambda b: _spec_of(b, placement), abstract, is_leaf=_is_box)
-        shardings = jax.tree.map(placement.sharding, specs) if placement.sharded else None
-        init_placed = jax.jit(run(specs), out_shardings=shardings)
-        # Boxes keep the logical names through jit; unboxing happens in __init__.
-        variables = init_placed(streams, *example_inputs)
+        if placement.sharded and not placement.concrete:
+            # Inside a trace (a jitted model factory): init is traced into it, and each array is
+            # constrained to its sharding in __init__; the factory's outputs land there.
+            variables = run(specs)(streams, *example_inputs)
+        else:
+            shardings = jax.tree.map(placement.sharding, specs) if placement.sharded else None
+            # Boxes keep the logical names through jit; unboxing happens in __init__.
+            variables = jax.jit(run(specs), out_shardings=shardings)(streams, *example_inputs)
         return cls(module, variables, placement=placement, rngs=rngs)
 
     @classmethod
@@ -220,7 +227,7 @@ def _apply(module: nn.Module, placement: Placement, method, variables, streams, 
     def apply(variables, streams, *args, **kwargs):
         return module.apply(variables, *args, rngs=streams, method=method, **kwargs)
 
-    return placement.run(apply, variables, streams, *args, **kwargs)
+    return placement.run(apply, variables, streams, *args, batch_like=args, **kwargs)
 
 
 def _with_logical_names(module: nn.Module, variables: Mapping[str, Any], example_inputs, placement: Placement):
@@ -278,7 +285,8 @@ def to_linen_variables(model: nnx.Module) -> dict[str, Any]:
                 tree = tree.setdefault(part, {})
             tree[key] = _value(var)
 
-    walk({k: v for k, v in vars(model).items() if not k.startswith(("to_nnx__", "_pytree__"))}, ())
+    plain = getattr(type(model), "plain_attributes", ())
+    walk({k: v for k, v in vars(model).items() if not k.startswith(("to_nnx__", "_pytree__")) and k not in plain}, ())
     return out
 
 

@@ -79,27 +79,57 @@ def family_of(model: nn.Module) -> Family:
     raise TypeError(f"no checkpoint family for {type(model).__name__} {getattr(model, 'config', '')!r:.120}")
 
 
-def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+def looks_like_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether `name_or_path` names a local path rather than a hub id (`org/name` or `name`):
+    a path object, or a string that is absolute, starts with `.` or `~`, ends with a separator
+    or has more than one."""
+    if not isinstance(name_or_path, str):
+        return True
+    name = name_or_path
+    return (name.startswith(("/", ".", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1
+            or (os.sep != "/" and os.sep in name))
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, prefer_pytorch: bool = False) -> Path:
     """A local directory as is; otherwise an HF hub id through `huggingface_hub` (its cache,
-    `HF_HUB_OFFLINE` and token settings apply)."""
-    path = Path(name_or_path)
+    `HF_HUB_OFFLINE` and token settings apply). A local-looking path that does not exist is an
+    error here, never a hub request. `prefer_pytorch` fetches a hub repo's PyTorch weights."""
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"{path} is a file; from_pretrained takes a checkpoint directory or a hub id")
+        raise ValueError(f"{path} is a file; from_pretrained takes a checkpoint directory, its .safetensors "
+                         f"file or a hub id")
+    if looks_like_path(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: no such directory (a local path; hub ids look like 'org/name')")
     from huggingface_hub import snapshot_download
 
     repo = str(name_or_path)
+    safetensors = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+    torch_files = ["config.json", "pytorch_model*.bin*"]
     # Besides the weights: a decoder's generation defaults and its tokenizer's files.
     extra = ["generation_config.json", "tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model",
              "*.tiktoken", "chat_template*"]
-    directory = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json",
-                                                             *extra]))
+    safetensors, torch_files = safetensors + extra, torch_files + extra
+    directory = Path(snapshot_download(repo, allow_patterns=torch_files if prefer_pytorch else safetensors))
     try:
         ckpt.weight_files(directory)
-    except FileNotFoundError:  # an older repo with PyTorch weights only
-        directory = Path(snapshot_download(repo, allow_patterns=["config.json", "pytorch_model*.bin*"]))
+    except FileNotFoundError:  # the repo has the other format only
+        directory = Path(snapshot_download(repo, allow_patterns=safetensors if prefer_pytorch else torch_files))
     return directory
+
+
+def _checkpoint_files(name_or_path: str | os.PathLike, prefer_pytorch: bool) -> tuple[Path, list[Path] | None]:
+    """(directory, weight files or None for the directory's own) for a directory, hub id or a
+    single `.safetensors` file with its `config.json` beside it."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_file() or path.suffix != ".safetensors":
+        return resolve_checkpoint_dir(name_or_path, prefer_pytorch), None
+    index = path.parent / ckpt.hf_files.SAFE_INDEX
+    if index.is_file() and path.name in set(ckpt.read_json(index).get("weight_map", {}).values()):
+        raise ValueError(f"{path} is one shard of the checkpoint in {path.parent} ({index.name} names it); "
+                         f"pass the directory")
+    return path.parent, [path]
 
 
 def read_config(directory: Path) -> tuple[Family, Any]:
@@ -142,9 +172,11 @@ def from_pretrained(
     boxed: bool = False,
     check_finite: bool = False,
     shardings: engine.ShardingFn | None = None,
+    prefer_pytorch: bool = False,
     **config_overrides: Any,
 ) -> tuple[nn.Module, dict]:
-    """Load an HF checkpoint (directory or hub id) as `(module, variables)`.
+    """Load an HF checkpoint (directory, its single `.safetensors` file, or hub id) as
+    `(module, variables)`. `prefer_pytorch` reads `pytorch_model.bin` where both formats exist.
 
     `param_dtype=None` keeps the stored dtype (bf16 stays bf16). `dont_load` lists regexes
     over Linen parameter paths (e.g. `["head/.*"]`) that are initialised from `rng` instead of
@@ -159,9 +191,9 @@ def from_pretrained(
     `boxed=True` returns the arrays in their `nn.LogicallyPartitioned` boxes (logical axis
     names). `check_finite=True` raises `CheckpointError` naming every tensor with NaN or inf.
     """
-    directory = resolve_checkpoint_dir(name_or_path)
+    directory, files = _checkpoint_files(name_or_path, prefer_pytorch)
     fam, config = read_config(directory)
-    with ckpt.StateReader(directory) as reader:
+    with ckpt.StateReader(directory, prefer_pytorch, files) as reader:
         config = fam.adapt_config(config, reader.shapes)
         if "num_labels" in config_overrides and "id2label" not in config_overrides:
             config_overrides["id2label"] = None  # the checkpoint's label names are for its own head

@@ -28,6 +28,8 @@ class CausalLM(PretrainedModel):
     linen_cls = linen_lm.CausalLM
     config_cls = linen_lm.CausalLMConfig
     model_type = "causal_lm"
+    # jimm has no decoders, so no jimm sharding class: our FSDP rule preset on the current mesh.
+    default_sharding = "fsdp"
 
     @classmethod
     def _module_cls(cls, config) -> type:

@@ -22,9 +22,11 @@ CLASSES = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP, "dinov2": D
 
 
 def load_nnx(directory: Path) -> Callable[..., Any]:
-    """jimm's NNX model for `directory` (its class picked by the config's `model_type`)."""
+    """jimm's NNX model for `directory` (its class picked by the config's `model_type`), as the
+    callable the parity check runs (CLIP / SigLIP: `outputs`, the whole `ImageTextOutput`)."""
     model_type = json.loads((directory / "config.json").read_text())["model_type"]
-    return CLASSES[model_type].from_pretrained(directory, sharding=NoSharding())
+    model = CLASSES[model_type].from_pretrained(directory, sharding=NoSharding())
+    return model.outputs if isinstance(model, CLIP | SigLIP) else model
 
 
 # path name -> runner: every path `jimm parity` can check.

@@ -202,7 +202,7 @@ def test_nnx_clip_trains_and_saves(clip_dir, tmp_path):
 
     @nnx.jit
     def step(model, optimizer):
-        loss, grads = nnx.value_and_grad(lambda m: m(images, ids, mask, return_loss=True).loss)(model)
+        loss, grads = nnx.value_and_grad(lambda m: m.outputs(images, ids, mask, return_loss=True).loss)(model)
         optimizer.update(model, grads)
         return loss
 
@@ -212,7 +212,7 @@ def test_nnx_clip_trains_and_saves(clip_dir, tmp_path):
     module, variables = jimm_linen.from_pretrained(tmp_path)
     # An eager NNX call runs the compiled Linen apply, so it matches `jax.jit(apply)` bit for bit.
     np.testing.assert_array_equal(np.asarray(jax.jit(module.apply)(variables, images, ids, mask).logits_per_image),
-                                  np.asarray(model(images, ids, mask).logits_per_image))
+                                  np.asarray(model(images, ids, attention_mask=mask)))
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["CLIPModel"]
 
 
@@ -246,12 +246,12 @@ def test_towers_from_full_checkpoints_and_in_hf_tower_format(family, tmp_path):
     from tests.helpers import assert_close
 
     assert_close(vision(images), want_img, what="image features")
-    assert_close(text(ids_j, mask_j), want_txt, what="text features")
+    assert_close(text(ids_j, attention_mask=mask_j), want_txt, what="text features")
 
     # Saved in HF's single-tower format, which transformers loads and reproduces; read back by
     # the jimm_nnx class and by jimm_linen.from_pretrained alike.
     for model, arch, run, want in ((vision, hf_vision, lambda m: m(images), want_img),
-                                   (text, hf_text, lambda m: m(ids_j, mask_j), want_txt)):
+                                   (text, hf_text, lambda m: m(ids_j, attention_mask=mask_j), want_txt)):
         out = tmp_path / arch
         model.save_pretrained(out)
         assert json.loads((out / "config.json").read_text())["architectures"] == [arch]

@@ -147,6 +147,13 @@ KERNELS = {  # Linen path -> expected spec per case; the scanned `layers` axis s
         "MlpBlock_0/Dense_0/kernel": P(None, None, "fsdp"),
         "MlpBlock_0/Dense_1/kernel": P(None, "fsdp", None),
     },
+    # jimm's ViTSharding (the default): each kernel split on its contracting dim, attention-out whole.
+    "vit": {
+        "MultiHeadDotProductAttention_0/query/kernel": P(None, "fsdp", None, None),
+        "MultiHeadDotProductAttention_0/out/kernel": P(None, None, None, None),
+        "MlpBlock_0/Dense_0/kernel": P(None, "fsdp", None),
+        "MlpBlock_0/Dense_1/kernel": P(None, "fsdp", None),
+    },
     "fsdp_tp": {
         "MultiHeadDotProductAttention_0/query/kernel": P(None, "fsdp", "tensor", None),
         "MultiHeadDotProductAttention_0/out/kernel": P(None, "tensor", None, "fsdp"),
@@ -156,10 +163,10 @@ KERNELS = {  # Linen path -> expected spec per case; the scanned `layers` axis s
 }
 
 MESHES = {  # case -> (mesh, sharding= argument, rule preset it means, run a train step)
-    "auto-fsdp": (lambda: auto_mesh((2, 4), ("data", "fsdp")), None, "fsdp", False),
+    "auto-fsdp": (lambda: auto_mesh((2, 4), ("data", "fsdp")), "fsdp", "fsdp", False),
     "auto-fsdp_tp": (lambda: auto_mesh((2, 2, 2), ("data", "fsdp", "tensor")), Sharding(rules="fsdp_tp"),
                      "fsdp_tp", True),
-    "explicit-fsdp": (explicit_recipe_mesh, None, "fsdp", True),
+    "explicit-vit": (explicit_recipe_mesh, None, "vit", True),
     # An extended preset goes where a preset does: mlp takes "fsdp" ahead of embed.
     "auto-fsdp+mlp": (lambda: auto_mesh((2, 4), ("data", "fsdp")),
                       Sharding(rules=make_rules("fsdp", additional_rules=[("mlp", "fsdp")])), "fsdp+mlp", False),
@@ -172,7 +179,7 @@ def test_sharded_model(case, reference, unsharded_logits):
     make_mesh, sharding, rules, train = MESHES[case]
     mesh = make_mesh()
     with jax.set_mesh(mesh):
-        model = VisionTransformer.from_pretrained(directory, sharding=sharding)  # default: FSDP here
+        model = VisionTransformer.from_pretrained(directory, sharding=sharding)  # default: ViTSharding
         block = flatten_dict(model.Transformer["encoderblock"], sep="/")
         for path, spec in KERNELS[rules].items():
             assert block[path].get_value().sharding.spec == spec, path
@@ -225,13 +232,20 @@ def assert_optimizer_follows_params(model, optimizer, exact):
 
 
 def test_no_sharding_under_a_mesh(reference, unsharded_logits):
+    """Every parameter replicated on the mesh; the model still runs there, on a batch sharded
+    on "data" too (it raised ShardingTypeError in the patch embedding under Explicit axes)."""
     directory, images, _ = reference
-    with jax.set_mesh(explicit_recipe_mesh()):
+    mesh = explicit_recipe_mesh()
+    with jax.set_mesh(mesh):
         model = VisionTransformer.from_pretrained(directory, sharding=NoSharding())
         for value in jax.tree.leaves(bridge.to_linen_variables(model)):
-            assert value.sharding.is_fully_replicated
-        assert model.mesh is None
+            assert value.sharding.is_fully_replicated and value.sharding.mesh == mesh
+        assert model.mesh is mesh
         assert_close(forward(model, images), unsharded_logits)
+        x = jax.device_put(images, NamedSharding(mesh, P("data")))
+        for out in (forward(model, x), model(x)):
+            assert out.sharding.spec == P("data", None)
+            assert_close(out, unsharded_logits)
 
 
 def _ops(lowered) -> collections.Counter:

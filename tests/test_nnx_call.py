@@ -31,20 +31,23 @@ MODELS = {
     "VisionTransformer": (jimm_nnx.VisionTransformer, VIT,
                           [(None, (IMAGES,), {}), (None, (IMAGES,), dict(return_hidden_states=True))]),
     "CLIP": (jimm_nnx.CLIP, CLIP,
-             [(None, (IMAGES, IDS, MASK), {}), (None, (IMAGES, IDS, MASK), dict(return_loss=True)),
-              ("encode_image", (IMAGES,), {}), ("encode_text", (IDS, MASK), {})]),
+             [("outputs", (IMAGES, IDS, MASK), {}), ("outputs", (IMAGES, IDS, MASK), dict(return_loss=True)),
+              ("encode_image", (IMAGES,), {}), ("encode_text", (IDS,), dict(attention_mask=MASK))]),
     "SigLIP": (jimm_nnx.SigLIP, SIGLIP,
-               [(None, (IMAGES, IDS, None), dict(return_hidden_states=True)), ("encode_image", (IMAGES,), {}),
+               [("outputs", (IMAGES, IDS, None), dict(return_hidden_states=True)), ("encode_image", (IMAGES,), {}),
                 ("encode_text", (IDS,), {})]),
     "CLIPVisionModel": (jimm_nnx.CLIPVisionModel, CLIP.vision, [(None, (IMAGES,), {})]),
-    "CLIPTextModel": (jimm_nnx.CLIPTextModel, CLIP.text, [(None, (IDS, MASK), dict(return_hidden_states=True))]),
+    "CLIPTextModel": (jimm_nnx.CLIPTextModel, CLIP.text,
+                      [(None, (IDS,), dict(attention_mask=MASK, return_hidden_states=True))]),
     "SigLIPVisionModel": (jimm_nnx.SigLIPVisionModel, SIGLIP.vision, [(None, (IMAGES,), {})]),
     "SigLIPTextModel": (jimm_nnx.SigLIPTextModel, SIGLIP.text, [(None, (IDS,), {})]),
 }
 
 
 def linen_apply(model, variables, *inputs, method=None, **flags):
-    """The reference: `jax.jit` of the Linen apply, with the flags static."""
+    """The reference: `jax.jit` of the Linen apply, with the flags static (the NNX `outputs`
+    of CLIP / SigLIP is the Linen `__call__`)."""
+    method = None if method == "outputs" else method
     return jax.jit(lambda v, *x: model.linen_module.apply(v, *x, method=method, **flags))(variables, *inputs)
 
 

@@ -51,9 +51,11 @@ def read_json(path: Path) -> dict:
     return value
 
 
-def weight_files(directory: Path) -> list[Path]:
-    """The weight files of an HF checkpoint directory, safetensors preferred."""
-    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (TORCH_WEIGHTS, TORCH_INDEX)):
+def weight_files(directory: Path, prefer_pytorch: bool = False) -> list[Path]:
+    """The weight files of an HF checkpoint directory, safetensors preferred (PyTorch's
+    `pytorch_model.bin` with `prefer_pytorch`) where it has both."""
+    formats = ((SAFE_WEIGHTS, SAFE_INDEX), (TORCH_WEIGHTS, TORCH_INDEX))
+    for single, index in reversed(formats) if prefer_pytorch else formats:
         if (directory / index).exists():
             weight_map = read_json(directory / index).get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
@@ -74,8 +76,10 @@ class StateReader:
     """A lazy view of an HF checkpoint directory: `shapes` without reading data, `get(key)` reads
     one tensor (bf16 stays bf16, via ml_dtypes). Use as a context manager."""
 
-    def __init__(self, directory: str | os.PathLike):
-        self.files = weight_files(Path(directory))
+    def __init__(self, directory: str | os.PathLike, prefer_pytorch: bool = False,
+                 files: list[Path] | None = None):
+        """`files` replaces the directory's own choice of weight files (see `weight_files`)."""
+        self.files = files if files is not None else weight_files(Path(directory), prefer_pytorch)
         self.total_bytes = sum(f.stat().st_size for f in self.files)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._where: dict[str, object] = {}

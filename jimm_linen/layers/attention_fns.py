@@ -28,6 +28,7 @@ TOKAMAX_BACKENDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "cudnn": ("cudnn", None),
     "xla_chunked": ("xla_chunked", None),
     "xla": ("xla", None),
+    "auto": (None, None),  # tokamax's own choice for the device (its implementation=None)
 }
 
 
@@ -106,18 +107,18 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def make_tokamax_attention(impls: str | Sequence[str]) -> AttentionFn:
+def make_tokamax_attention(impls: str | Sequence[str] | None = None) -> AttentionFn:
     """Attention through tokamax, using the first backend in `impls` that runs here.
 
     `impls` is one name or an ordered list of "mosaic" (GPU), "mosaic_tpu", "triton", "cudnn",
-    "xla_chunked", "xla". The choice is made when the function is traced, because whether a
+    "xla_chunked", "xla", "auto" (tokamax picks for the device); None is "auto". The choice is made when the function is traced, because whether a
     kernel runs depends on the device, shapes and dtypes; if none runs, the error names each
     backend tried and why it refused.
     """
     import tokamax  # imported here so that models without tokamax attention never need it
 
     _absl_flags_parsed()
-    names = [impls] if isinstance(impls, str) else list(impls)
+    names = ["auto"] if impls is None else [impls] if isinstance(impls, str) else list(impls)
     if not names:
         raise ValueError("make_tokamax_attention needs at least one backend name")
     unknown = [n for n in names if n not in TOKAMAX_BACKENDS]

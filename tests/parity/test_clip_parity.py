@@ -70,7 +70,7 @@ def test_nnx_matches_pytorch_and_linen(reference):
     pixels, ids, mask = inputs(ref_model, seed=1)
     ref, ref_named = parity.image_text_reference(ref_model, pixels, ids, mask)
     nnx_model = NNX_CLASSES[family].from_pretrained(directory, sharding=jimm_nnx.NoSharding())
-    out = nnx_model(*ours_inputs(pixels, ids, mask), return_hidden_states=True)
+    out = nnx_model.outputs(*ours_inputs(pixels, ids, mask), return_hidden_states=True)
     assert_parity(out, ref, ref_named)
     module, variables = jimm_linen.from_pretrained(directory)
     # The eager NNX call runs the Linen apply compiled: bit for bit `jax.jit(apply)`'s outputs.

@@ -8,6 +8,7 @@ this tree almost one to one (`jimm_linen.big_vision`).
 
 from __future__ import annotations
 
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -98,16 +99,24 @@ class _ImageText(Model):
     give the unnormalised embeddings (HF's `get_image_features` / `get_text_features`) and work
     through `apply(..., method="encode_image")`."""
 
+    # One tower's attention in place of `attention_fn` (e.g. a kernel only the text length suits).
+    vision_attention_fn: Any = None
+    text_attention_fn: Any = None
+
     def setup(self):
         cfg = self.config
-        kw = self.runtime()
-        self.img = ViT(cfg.vision, **kw)
-        self.txt = TextTransformer(cfg.text, **kw)
+        self.img = ViT(cfg.vision, **self.tower_runtime("vision"))
+        self.txt = TextTransformer(cfg.text, **self.tower_runtime("text"))
         self.t = self.param("t", nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_scale_init), (None,)),
                             (1,), self.param_dtype)
         if cfg.logit_bias:
             self.b = self.param("b", nn.with_logical_partitioning(nn.initializers.constant(cfg.logit_bias_init), (None,)),
                                 (1,), self.param_dtype)
+
+    def tower_runtime(self, tower: str) -> dict[str, Any]:
+        """`runtime()` for one tower: its own attention function when one is set."""
+        own = self.vision_attention_fn if tower == "vision" else self.text_attention_fn
+        return {**self.runtime(), **({"attention_fn": own} if own is not None else {})}
 
     def encode_image(self, images, train: bool = False, interpolate_pos_encoding: bool = False,
                      return_hidden_states: bool = False):
@@ -171,7 +180,7 @@ def tower_module(model: _ImageText, tower: str) -> tuple[str, nn.Module]:
     if tower not in names:
         raise ValueError(f"tower must be 'vision' or 'text', got {tower!r}")
     key, cls, config = names[tower]
-    return key, cls(config, **model.runtime())
+    return key, cls(config, **model.tower_runtime(tower))
 
 
 def split_tower(model: _ImageText, variables: dict, tower: str) -> tuple[nn.Module, dict]:

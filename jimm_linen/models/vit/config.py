@@ -108,13 +108,15 @@ class ViTConfig:
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any], *, pooler: bool | None = None) -> "ViTConfig":
         """Read an HF ViT `config.json` dict. `architectures` decides whether there is a
-        classifier head (`ViTForImageClassification`); `pooler` whether HF `ViTModel`'s
-        pooler is present (default: for `ViTModel` checkpoints)."""
+        classifier head (`ViTForImageClassification`); a dict without it (a config written by
+        hand) has one when it says `num_labels` or `id2label`, as HF's classifier would.
+        `pooler`: whether HF `ViTModel`'s pooler is present (default: for `ViTModel` checkpoints)."""
         model_type = hf.get("model_type", "vit")
         if model_type != "vit":
             raise ValueError(f"ViTConfig reads model_type 'vit', got {model_type!r}")
         check_fields(hf, set(_HF_FIELDS), model_type)
-        archs = hf.get("architectures") or ["ViTModel"]
+        labelled = hf.get("num_labels") is not None or bool(hf.get("id2label"))
+        archs = hf.get("architectures") or ["ViTForImageClassification" if labelled else "ViTModel"]
         classifier = "ViTForImageClassification" in archs
         if not classifier and "ViTModel" not in archs:
             raise ValueError(f"unsupported ViT architectures {archs}; jimm reads ViTModel and ViTForImageClassification")

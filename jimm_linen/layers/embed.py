@@ -106,6 +106,28 @@ def _cubic(t: float, a: float) -> float:
     return 0.0
 
 
+def position_embedding(module: nn.Module, gh: int, gw: int, interpolate: bool, init, n_prefix: int,
+                       antialias: bool = False) -> jax.Array:
+    """`module`'s learned position table `pos_embedding` `[1, n_prefix + g*g, embed]` (made
+    here, inside its compact method) for a `gh x gw` patch grid: as stored at the config's
+    resolution; else, with `interpolate`, the grid part resized by PyTorch's bicubic (the
+    `n_prefix` class-token rows kept), and without it an error naming the sizes."""
+    cfg = module.config
+    pos = module.param("pos_embedding", nn.with_logical_partitioning(init, (None, "length", "embed")),
+                       (1, cfg.num_positions, cfg.hidden_size), module.param_dtype)
+    g = cfg.grid_size
+    if (gh, gw) == (g, g):
+        return pos
+    if not interpolate:
+        raise ValueError(
+            f"input is {gh * cfg.patch_size}x{gw * cfg.patch_size} but the model was built for "
+            f"{cfg.image_size}x{cfg.image_size}; pass interpolate_pos_encoding=True to resize "
+            f"the position embeddings")
+    grid = pos[0, n_prefix:].reshape(g, g, cfg.hidden_size)
+    resized = resize_position_grid(grid, (gh, gw), antialias).reshape(1, gh * gw, cfg.hidden_size)
+    return jnp.concatenate([pos[:, :n_prefix], resized], axis=1)
+
+
 def resize_position_grid(grid: jax.Array, new_hw: tuple[int, int], antialias: bool = False) -> jax.Array:
     """Bicubically resize a `(h, w, d)` grid of position embeddings exactly as HF/PyTorch do
     (`antialias` as `torch.nn.functional.interpolate`'s)."""

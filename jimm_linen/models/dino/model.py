@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.layers import Encoder, PatchEmbedding, check_images, resize_position_grid
+from jimm_linen.layers import Encoder, PatchEmbedding, check_images
+from jimm_linen.layers.embed import position_embedding
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.rope import patch_centers, patch_rope
 from jimm_linen.models.base import Model
@@ -83,29 +84,12 @@ class DINOv2(_DINO):
         cfg = self.config
         x, (gh, gw) = self._patches(images, bool_masked_pos)
         x = self._with_class_token(x)
-        x = x + self._position_embedding(gh, gw, interpolate_pos_encoding).astype(x.dtype)
+        x = x + position_embedding(self, gh, gw, interpolate_pos_encoding, default_kernel_init(cfg.initializer_range),
+                                   n_prefix=1, antialias=cfg.interpolate_antialias).astype(x.dtype)
         if cfg.model_type == "dinov2_with_registers":
             x = self._with_registers(x, nn.initializers.zeros_init())
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, not train)
         return self._encode(x, train, return_hidden_states)
-
-    def _position_embedding(self, gh: int, gw: int, interpolate: bool) -> jax.Array:
-        cfg = self.config
-        pos = self.param("pos_embedding", nn.with_logical_partitioning(
-            default_kernel_init(cfg.initializer_range), (None, "length", "embed")),
-            (1, cfg.num_positions, cfg.hidden_size), self.param_dtype)
-        g = cfg.grid_size
-        if (gh, gw) == (g, g):
-            return pos
-        if not interpolate:
-            raise ValueError(
-                f"input is {gh * cfg.patch_size}x{gw * cfg.patch_size} but the model was built for "
-                f"{cfg.image_size}x{cfg.image_size}; pass interpolate_pos_encoding=True to resize "
-                f"the position embeddings")
-        grid = pos[0, 1:].reshape(g, g, cfg.hidden_size)
-        resized = resize_position_grid(grid, (gh, gw), cfg.interpolate_antialias)
-        return jnp.concatenate([pos[:, :1], resized.reshape(1, gh * gw, cfg.hidden_size)], axis=1)
-
 
 class DINOv3(_DINO):
     """HF `DINOv3ViTModel` on NHWC float images of any size divisible by the patch size:

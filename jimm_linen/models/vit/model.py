@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jimm_linen.activations import get_activation
 from jimm_linen.layers import (
-    DenseGeneral, Encoder, LayerNorm, MAPHead, PatchEmbedding, check_images, resize_position_grid,
+    DenseGeneral, Encoder, LayerNorm, MAPHead, PatchEmbedding, check_images,
 )
+from jimm_linen.layers.embed import position_embedding
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.base import Model
 from jimm_linen.models.vit.config import ViTConfig
@@ -38,7 +38,8 @@ class ViT(Model):
             cls = self.param("cls", nn.with_logical_partitioning(kernel_init, (None, None, "embed")),
                              (1, 1, d), self.param_dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
-        x = x + self._position_embedding(gh, gw, interpolate_pos_encoding, kernel_init).astype(x.dtype)
+        n_prefix = 1 if cfg.pooling == "cls" else 0
+        x = x + position_embedding(self, gh, gw, interpolate_pos_encoding, kernel_init, n_prefix).astype(x.dtype)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, not train)
         if cfg.pre_norm:
@@ -60,21 +61,3 @@ class ViT(Model):
         return self.tower_output(pooled, encoded, (x,) + (per_layer or ()), head=cfg.num_labels,
                                  head_bias=cfg.head_bias, init=kernel_init,
                                  return_hidden_states=return_hidden_states)
-
-    def _position_embedding(self, gh: int, gw: int, interpolate: bool, init) -> jax.Array:
-        cfg = self.config
-        pos = self.param("pos_embedding", nn.with_logical_partitioning(init, (None, "length", "embed")),
-                         (1, cfg.num_positions, cfg.hidden_size), self.param_dtype)
-        g = cfg.grid_size
-        if (gh, gw) == (g, g):
-            return pos
-        if not interpolate:
-            raise ValueError(
-                f"input is {gh * cfg.patch_size}x{gw * cfg.patch_size} but the model was built for "
-                f"{cfg.image_size}x{cfg.image_size}; pass interpolate_pos_encoding=True to resize "
-                f"the position embeddings"
-            )
-        n_prefix = 1 if cfg.pooling == "cls" else 0
-        grid = pos[0, n_prefix:].reshape(g, g, cfg.hidden_size)
-        resized = resize_position_grid(grid, (gh, gw)).reshape(1, gh * gw, cfg.hidden_size)
-        return jnp.concatenate([pos[:, :n_prefix], resized], axis=1)

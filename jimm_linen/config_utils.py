@@ -26,6 +26,21 @@ HF_GENERIC_FIELDS = frozenset({
 })
 
 
+class ImageGrid:
+    """What a vision tower's config (`image_size`, `patch_size`, `num_channels`) gives its model:
+    example inputs for `init` and the side of its patch grid."""
+
+    def dummy_inputs(self) -> tuple:
+        """Example inputs for `init` (and abstract inits): one NHWC image of `image_size`."""
+        import jax.numpy as jnp
+
+        return (jnp.zeros((1, self.image_size, self.image_size, self.num_channels), jnp.float32),)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
 def check_fields(hf: dict[str, Any], known: set[str], model_type: str) -> None:
     unknown = sorted(set(hf) - set(known) - HF_GENERIC_FIELDS)
     if unknown:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 
 from jimm_linen.activations import get_activation
-from jimm_linen.config_utils import check_fields, check_heads
+from jimm_linen.config_utils import ImageGrid, check_fields, check_heads
 from jimm_linen.models.vit.config import VARIANTS as VIT_VARIANTS
 
 # HF's backbone fields (`Dinov2Backbone`, `DINOv3ViTBackbone`): kept for the round trip, unused by
@@ -63,7 +62,7 @@ def _write(config, fields: tuple[str, ...], architecture: str) -> dict[str, Any]
     return hf
 
 
-class _DINOConfig:
+class _DINOConfig(ImageGrid):
     """What the DINO configs share: the encoder block options (see `layers.encoder.BLOCK_OPTIONS`)
     and the checks."""
 
@@ -76,13 +75,6 @@ class _DINOConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         get_activation(self.hidden_act)
-
-    def dummy_inputs(self) -> tuple:
-        return (jnp.zeros((1, self.image_size, self.image_size, self.num_channels), jnp.float32),)
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
 
     @property
     def head_dim(self) -> int:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 
 from jimm_linen.activations import get_activation
-from jimm_linen.config_utils import check_fields, check_heads, labels_from_hf, labels_to_hf
+from jimm_linen.config_utils import ImageGrid, check_fields, check_heads, labels_from_hf, labels_to_hf
 
 # big_vision's width / depth / mlp / heads table (big_vision/models/vit.py::decode_variant).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -36,7 +35,7 @@ _HF_FIELDS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(ImageGrid):
     """Architecture of a ViT. Field names follow HF's `ViTConfig`.
 
     `pooling`: "cls" (class token, HF ViT), "map" (attention pooling, SigLIP) or "mean".
@@ -84,14 +83,6 @@ class ViTConfig:
             raise ValueError(f"id2label has {len(self.id2label)} labels, num_labels is {self.num_labels}")
         get_activation(self.hidden_act)
         get_activation(self.pooler_act)
-
-    def dummy_inputs(self) -> tuple:
-        """Example inputs for `init` (and abstract inits): one NHWC image of `image_size`."""
-        return (jnp.zeros((1, self.image_size, self.image_size, self.num_channels), jnp.float32),)
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
 
     @property
     def num_positions(self) -> int:

@@ -139,6 +139,33 @@ def measure(calls: dict[str, Callable[[], np.ndarray]], rounds: int) -> tuple[di
     return times, first
 
 
+def memory_bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    """This host's memory bandwidth for what a decode step does, in GB/s, measured now: the
+    median time of a jitted matrix-vector product over a `mib` MiB float32 matrix (XLA's
+    multithreaded GEMV; far beyond the caches), bytes of the matrix over time."""
+    import jax
+    import jax.numpy as jnp
+
+    w = jnp.ones((mib * 2**20 // 4 // 8192, 8192), jnp.float32)
+    v = jnp.ones((8192,), jnp.float32)
+    gemv = jax.jit(lambda w, v: w @ v)
+    gemv(w, v).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gemv(w, v).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return w.nbytes / statistics.median(times) / 1e9
+
+
+def weight_bytes_per_token(r: dict) -> int:
+    """Float32 bytes a decode step must read: every parameter but the input embedding table,
+    of which a step reads one row (a tied table is read whole, as the LM head)."""
+    c = r["config"]
+    table = 0 if c.get("tie_word_embeddings") else r["vocab_size"] * c["hidden_size"]
+    return 4 * (r["params"] - table)
+
+
 def rows(times, first, built: dict, rounds: int, load_before: float) -> list[dict]:
     import flax
     import jax
@@ -178,11 +205,20 @@ def table(rows: list[dict]) -> str:
             f"{r0['loadavg_before']:.1f} -> {r0['loadavg_after']:.1f}, jax {r0['versions']['jax']}, torch "
             f"{r0['versions']['torch']}, transformers {r0['versions']['transformers']}, {r0['time']}")
     ref = max((r for r in rows if r["contender"].startswith("HF")), key=lambda r: r["tokens_per_s"])
-    lines = [head, "", "| contender | tokens/s | median (s) | min-max (s) | first call (s) | vs fastest HF |",
-             "|---|---|---|---|---|---|"]
+    bandwidth = r0.get("bandwidth_gb_s")
+    lines = [head, "", "| contender | tokens/s | median (s) | min-max (s) | first call (s) | vs fastest HF "
+             "| weights read (GB/s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
+        weights = weight_bytes_per_token(r) * r["tokens_per_s"] / 1e9  # prefill counted in the time
+        share = f" ({weights / bandwidth:.0%} of measured)" if bandwidth else ""
         lines.append(f"| {r['contender']} | {r['tokens_per_s']:,.0f} | {r['median_s']:.3f} | {r['min_s']:.3f}-"
-                     f"{r['max_s']:.3f} | {r['first_call_s']:.2f} | {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x |")
+                     f"{r['max_s']:.3f} | {r['first_call_s']:.2f} | {r['tokens_per_s'] / ref['tokens_per_s']:.2f}x "
+                     f"| {weights:.1f}{share} |")
+    if bandwidth:
+        lines += ["", f"Weights read: the float32 bytes a decode step must read (all parameters but the input "
+                      f"embedding table, {weight_bytes_per_token(r0) / 1e6:.0f} MB) times tokens/s. Measured in "
+                      f"the same run: this host reads {bandwidth:.1f} GB/s in a jitted matrix-vector product over "
+                      f"a 512 MiB matrix (the memory-bandwidth limit of a batch-1 decode step)."]
     return "\n".join(lines)
 
 
@@ -206,7 +242,8 @@ def main(argv=None):
         ids = np.asarray([tokenizer(PROMPT)["input_ids"]], np.int32)
         calls = contenders(Path(tmp), ids, args.max_new_tokens)
         times, first = measure(calls, args.rounds)
-    built = dict(config=config, vocab_size=len(tokenizer), params=sum(p.numel() for p in model.parameters()),
+        bandwidth = memory_bandwidth(64 if args.quick else 512)
+    built = dict(bandwidth_gb_s=bandwidth, config=config, vocab_size=len(tokenizer), params=sum(p.numel() for p in model.parameters()),
                  prompt_tokens=ids.shape[1], max_new_tokens=args.max_new_tokens)
     out = rows(times, first, built, args.rounds, load_before)
     args.results.parent.mkdir(parents=True, exist_ok=True)

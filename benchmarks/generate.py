@@ -246,14 +246,9 @@ def main(argv=None):
     built = dict(bandwidth_gb_s=bandwidth, config=config, vocab_size=len(tokenizer), params=sum(p.numel() for p in model.parameters()),
                  prompt_tokens=ids.shape[1], max_new_tokens=args.max_new_tokens)
     out = rows(times, first, built, args.rounds, load_before)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in out)
-    print(table(out))
-    if args.tables is not None:
-        from benchmarks.report import _replace_block
+    from benchmarks.report import publish
 
-        _replace_block(args.tables, BEGIN, END, render(args.results))
+    publish(out, args.results, args.tables, BEGIN, END, table, render)
 
 
 if __name__ == "__main__":

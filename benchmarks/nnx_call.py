@@ -167,14 +167,9 @@ def main(argv=None):
     calls, built = contenders(args.variant, args.batch)
     times = measure(calls, args.rounds, args.steps)
     out = rows(calls, times, built, args.rounds, args.steps, load_before)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in out)
-    print(table(out))
-    if args.tables is not None:
-        from benchmarks.report import _replace_block
+    from benchmarks.report import publish
 
-        _replace_block(args.tables, BEGIN, END, render(args.results))
+    publish(out, args.results, args.tables, BEGIN, END, table, render)
 
 
 if __name__ == "__main__":

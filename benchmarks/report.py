@@ -4,6 +4,7 @@ the short summary generated into the README."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import textwrap
 from pathlib import Path
 
@@ -148,3 +149,15 @@ def update_docs(results: Path, tables: Path, readme: Path) -> None:
     """The full tables into `tables` (benchmarks/RESULTS.md), the summary into `readme`."""
     _replace_block(tables, BEGIN, END, render(results))
     _replace_block(readme, SUMMARY_BEGIN, SUMMARY_END, summary(results))
+
+
+def publish(rows: list[dict], results: Path, tables: Path | None, begin: str, end: str,
+            table: Callable[[list[dict]], str], render: Callable[[Path], str]) -> None:
+    """A standalone benchmark's last step: append its rows to `results` (JSON lines), print
+    this run's `table`, and regenerate the `begin`/`end` block of `tables` from the results."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(table(rows))
+    if tables is not None:
+        _replace_block(tables, begin, end, render(results))

@@ -165,16 +165,8 @@ class CLIPSharding(ShardingSpec):
 
 
 @dataclasses.dataclass(frozen=True)
-class SigLIPSharding(ShardingSpec):
+class SigLIPSharding(CLIPSharding):
     """FSDP for SigLIP (jimm's): the layout of `CLIPSharding`."""
-
-    attn_qkv_kernel: tuple[str | None, str | None, str | None] = ("fsdp", None, None)
-    mlp_up_kernel: tuple[str | None, str | None] = ("fsdp", None)
-    mlp_down_kernel: tuple[str | None, str | None] = ("fsdp", None)
-    patch_conv_kernel: tuple[str | None, str | None, str | None, str | None] = (None, None, None, "fsdp")
-    embed: tuple[str | None, str | None] = ("fsdp", None)
-    pos_embed_3d: tuple[str | None, str | None, str | None] = (None, None, "fsdp")
-    proj_kernel: tuple[str | None, str | None] = ("fsdp", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,11 +179,9 @@ class DINOv2Sharding(ViTSharding):
 
 
 @dataclasses.dataclass(frozen=True)
-class DINOv3Sharding(ViTSharding):
+class DINOv3Sharding(DINOv2Sharding):
     """FSDP for DINOv3 (jimm's): `DINOv2Sharding`'s choices, and the register tokens whole."""
 
-    layer_scale: tuple[str | None] = ("fsdp",)
-    mlp_up_bias: tuple[str | None] = ("fsdp",)
     register_tokens: tuple[str | None, str | None, str | None] = (None, None, None)
 
 

@@ -36,15 +36,11 @@ class MlpBlock(nn.Module):
         return checkpoint_name(y, "mlp_out")
 
 
-class GatedMlpBlock(nn.Module):
-    """`wo(act(wi_0(x)) * wi_1(x))` (SwiGLU with `hidden_act="silu"`); MaxText's names."""
+class GatedMlpBlock(MlpBlock):
+    """`wo(act(wi_0(x)) * wi_1(x))` (SwiGLU with `hidden_act="silu"`); MaxText's names. The
+    fields are `MlpBlock`'s."""
 
-    mlp_dim: int
     hidden_act: str = "silu"
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = None
 
     @nn.compact
     def __call__(self, x):

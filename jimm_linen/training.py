@@ -131,7 +131,7 @@ def next_token_loss(module: nn.Module, variables: Mapping[str, Any], input_ids: 
 
 @flax.struct.dataclass
 class TrainState:
-    """What a training run carries from step to step (and what `jimm_linen.checkpointing` saves):
+    """What a training run carries from step to step (and what `jimm_linen.train_state_io` saves):
     the `params` tree (`variables["params"]`), the optax `opt_state` and the `step` count (int32).
     `jimm_nnx.train_state(model, optimizer)` gives the same tree for an NNX model."""
 
@@ -158,7 +158,7 @@ def abstract_train_state(module: nn.Module, tx: optax.GradientTransformation, *,
                          rules="fsdp") -> TrainState:
     """Shapes and dtypes of a `TrainState` for `module` and `tx` (`jax.ShapeDtypeStruct`s), with
     the shardings of `train_state_shardings` when `mesh` is given: the target to restore a
-    checkpoint onto any mesh (`checkpointing.restore(dir, abstract_train_state(...))`)."""
+    checkpoint onto any mesh (`train_state_io.restore(dir, abstract_train_state(...))`)."""
     params = nn.unbox(pt.abstract_variables(module, *_example_inputs(module))["params"])
     shapes = TrainState(params=params, opt_state=jax.eval_shape(tx.init, params),
                         step=jax.ShapeDtypeStruct((), jnp.int32))

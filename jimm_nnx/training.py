@@ -1,13 +1,13 @@
 """Training a `jimm_nnx.CausalLM` with `nnx.Optimizer`: the loss is `jimm_linen.training`'s
 (run on the model's placement through the bridge), and the train state is the Linen
-`TrainState` tree, so `jimm_linen.checkpointing` saves and restores NNX runs too.
+`TrainState` tree, so `jimm_linen.train_state_io` saves and restores NNX runs too.
 
     lm = jimm_nnx.CausalLM.from_pretrained(path)        # under jax.set_mesh(mesh): sharded
     optimizer = nnx.Optimizer(lm, optax.adamw(1e-4), wrt=nnx.Param)
     step = jimm_nnx.make_train_step()
     metrics = step(lm, optimizer, {"input_ids": ids, "attention_mask": mask})
-    checkpointing.save(ckpt_dir, jimm_nnx.train_state(lm, optimizer))
-    jimm_nnx.set_train_state(lm, optimizer, checkpointing.restore(ckpt_dir, jimm_nnx.train_state(lm, optimizer)))
+    train_state_io.save(ckpt_dir, jimm_nnx.train_state(lm, optimizer))
+    jimm_nnx.set_train_state(lm, optimizer, train_state_io.restore(ckpt_dir, jimm_nnx.train_state(lm, optimizer)))
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _check_structure(got, want, what: str) -> None:
 def train_state(model: bridge.LinenModule, optimizer: nnx.Optimizer) -> TrainState:
     """The `jimm_linen.training.TrainState` of an NNX run: the model's Linen params tree, the
     optimizer's optax state as `tx.init(params)` shapes it, the step as int32 (the same arrays;
-    nothing is copied but the step). Save it with `jimm_linen.checkpointing.save`; it is also
+    nothing is copied but the step). Save it with `jimm_linen.train_state_io.save`; it is also
     the restore target that keeps every array on this model's shardings."""
     params = bridge.to_linen_variables(model)["params"]
     opt_state = jax.tree.map(lambda v: v.get_value(), _opt_variables(optimizer),

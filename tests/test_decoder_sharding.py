@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 import bridge
 import jimm_linen
 import jimm_nnx
-from jimm_linen import checkpointing, training
+from jimm_linen import train_state_io, training
 from jimm_linen import partitioning as pt
 from jimm_linen.models.causal_lm import KVCache
 from tests import lm_checkpoints as lmc
@@ -193,7 +193,7 @@ class Runs:
             first, losses = state, []
             for i in range(STEPS):
                 if case == SAVED_BY and i == STEPS - 1:
-                    checkpointing.save(self.directory, state)
+                    train_state_io.save(self.directory, state)
                 state, metrics = step(state, self.unsharded[2])
                 losses.append(float(metrics["loss"]))
             self.linen[case] = dict(model=model, mesh=mesh, preset=preset, step=step, state=state, losses=losses,
@@ -263,12 +263,12 @@ def test_checkpoint_resumes_on_other_meshes_and_apis(runs, unsharded):
     uninterrupted one. Restored onto the tp run's Explicit mesh (Linen, no remat) and onto the
     FSDP recipe's NNX model (remat "minimal"), the next step gives that step's loss and state."""
     saved = runs.linen_run(SAVED_BY)
-    assert checkpointing.latest_step(runs.directory) == STEPS - 1
+    assert train_state_io.latest_step(runs.directory) == STEPS - 1
     want_loss, want = saved["losses"][-1], jax.tree.map(np.asarray, saved["state"])
 
     linen = runs.linen_run("tp-explicit")
     target = training.abstract_train_state(linen["model"], TX, mesh=linen["mesh"], rules=linen["preset"])
-    state = checkpointing.restore(runs.directory, target)
+    state = train_state_io.restore(runs.directory, target)
     assert_specs(state.params, "tp")
     state, metrics = linen["step"](state, unsharded[2])
     assert linen["step"].jitted._cache_size() == 1  # restored exactly onto the step's shardings
@@ -278,7 +278,7 @@ def test_checkpoint_resumes_on_other_meshes_and_apis(runs, unsharded):
     run = runs.nnx_run("fsdp-explicit")
     lm, optimizer = run["lm"], run["optimizer"]
     with jax.set_mesh(run["mesh"]):
-        restored = checkpointing.restore(runs.directory, jimm_nnx.train_state(lm, optimizer))
+        restored = train_state_io.restore(runs.directory, jimm_nnx.train_state(lm, optimizer))
         jimm_nnx.set_train_state(lm, optimizer, restored)
         assert int(optimizer.step.get_value()) == STEPS - 1
         assert_specs(bridge.to_linen_variables(lm)["params"], "fsdp")

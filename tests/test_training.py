@@ -1,4 +1,4 @@
-"""Training a decoder (jimm_linen/training.py, jimm_linen/checkpointing.py), unsharded: the
+"""Training a decoder (jimm_linen/training.py, jimm_linen/train_state_io.py), unsharded: the
 chunked next-token loss against HF's `labels=` loss and the full-logits loss (values and
 gradients, padding and prompt masks), no `[B, T, V]` logits in the compiled step, remat
 policies, bf16 compute with float32 params, and Orbax save -> restore -> the same next step.
@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import jimm_linen
-from jimm_linen import checkpointing, training
+from jimm_linen import train_state_io, training
 from tests import lm_checkpoints as lmc
 from tests.helpers import assert_close, assert_same_tree
 
@@ -203,9 +203,9 @@ def test_resumed_run_equals_uninterrupted(llama, bf16, tmp_path):
         resumed, metrics = step(resumed, data)
         resumed_losses.append(float(metrics["loss"]))
     saved = jax.tree.map(np.asarray, resumed)
-    assert checkpointing.save(tmp_path, resumed) == tmp_path.absolute() / "2"
+    assert train_state_io.save(tmp_path, resumed) == tmp_path.absolute() / "2"
     del resumed
-    restored = checkpointing.restore(tmp_path, training.abstract_train_state(module, tx))
+    restored = train_state_io.restore(tmp_path, training.abstract_train_state(module, tx))
     assert isinstance(restored, training.TrainState)
     assert_same_tree(restored, saved)
     for data in batches[2:]:
@@ -215,15 +215,15 @@ def test_resumed_run_equals_uninterrupted(llama, bf16, tmp_path):
     assert_same_tree(restored, state)
     assert step.jitted._cache_size() == 1  # fresh and restored states take the same program
 
-    assert checkpointing.all_steps(tmp_path) == [2] and checkpointing.latest_step(tmp_path) == 2
+    assert train_state_io.all_steps(tmp_path) == [2] and train_state_io.latest_step(tmp_path) == 2
     with pytest.raises(ValueError, match="step 2 already exists"):
-        checkpointing.save(tmp_path, saved)
+        train_state_io.save(tmp_path, saved)
     with pytest.raises(FileNotFoundError, match="no step 3 .* saved steps: \\[2\\]"):
-        checkpointing.restore(tmp_path, saved, step=3)
+        train_state_io.restore(tmp_path, saved, step=3)
     with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
-        checkpointing.restore(tmp_path / "missing", saved)
+        train_state_io.restore(tmp_path / "missing", saved)
     with pytest.raises(TypeError, match="ShapeDtypeStruct"):
-        checkpointing.restore(tmp_path, {"params": "nope"})
+        train_state_io.restore(tmp_path, {"params": "nope"})
 
 
 def test_bad_input_is_named(llama, tmp_path):
@@ -241,4 +241,4 @@ def test_bad_input_is_named(llama, tmp_path):
     with pytest.raises(ValueError, match="a batch is a dict with 'input_ids'"):
         training.check_batch({"attention_mask": data["attention_mask"]})
     with pytest.raises(ValueError, match="pass step="):
-        checkpointing.save(tmp_path, {"params": ids})
+        train_state_io.save(tmp_path, {"params": ids})

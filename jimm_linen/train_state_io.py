@@ -1,5 +1,6 @@
 """Resumable training checkpoints with Orbax: a `training.TrainState` (params, optimizer state,
-step) per step directory under one root.
+step) per step directory under one root. (Model weights in HF safetensors or big_vision `.npz`
+files are `jimm_linen.checkpoint`'s business, not this module's.)
 
 `save(directory, state)` writes `directory/<step>` and waits until it is on disk;
 `restore(directory, target)` reads the latest step (or `step=`) into the shapes, dtypes and

@@ -226,6 +226,43 @@ def test_resumed_run_equals_uninterrupted(llama, bf16, tmp_path):
         train_state_io.restore(tmp_path, {"params": "nope"})
 
 
+def decoder_params(layers: int, qk_norm: bool = False, tied: bool = False):
+    """A small decoder's params tree (no model needed): `layers` layers, q/k norms, a tied head."""
+    attention = {"query": {"kernel": jnp.ones((layers, 4, 2, 2))}}
+    if qk_norm:
+        attention |= {"query_norm": {"scale": jnp.ones((layers, 2))}, "key_norm": {"scale": jnp.ones((layers, 2))}}
+    params = {"decoder": {"layers": {"mlp": {"wi": {"kernel": jnp.ones((layers, 4, 8))}}, "self_attention": attention}},
+              "token_embedder": {"embedding": jnp.ones((16, 4))}}
+    return params if tied else params | {"logits_dense": {"kernel": jnp.ones((4, 16))}}
+
+
+def test_restore_names_the_step_and_paths_that_differ(tmp_path):
+    """A directory whose latest step holds another model's tree: one line naming the step, the
+    directory, a few missing, unexpected and mis-shaped paths, and `step=`; not Orbax's page
+    per path suggesting `strict=False`. An older step of this model still restores."""
+    tx = optax.adamw(1e-3)
+
+    def train_state(params):
+        return training.TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+    state = train_state(decoder_params(2))
+    train_state_io.save(tmp_path, state, step=1)
+    train_state_io.save(tmp_path, train_state(decoder_params(3, qk_norm=True, tied=True)), step=5)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    with pytest.raises(ValueError) as error:
+        train_state_io.restore(tmp_path, target)
+    message = str(error.value)
+    assert message.startswith(f"step 5 in {tmp_path.absolute()} holds another tree than the restore target")
+    assert ("3 missing from the checkpoint (opt_state/0/mu/logits_dense/kernel, opt_state/0/nu/logits_dense/kernel, "
+            "params/logits_dense/kernel)") in message
+    assert "6 unexpected, only in the checkpoint (opt_state/0/mu/decoder/layers/self_attention/key_norm/scale, " in message
+    assert "and 3 more)" in message
+    assert "6 mis-shaped (opt_state/0/mu/decoder/layers/mlp/wi/kernel saved (3, 4, 8), target (2, 4, 8), " in message
+    assert "step=...) (saved steps: [1, 5])" in message
+    assert "\n" not in message and "strict" not in message
+    assert_same_tree(train_state_io.restore(tmp_path, target, step=1), state)
+
+
 def test_bad_input_is_named(llama, tmp_path):
     _, model, variables = llama
     data = lmc.batch()

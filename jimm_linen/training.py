@@ -34,6 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jimm_linen import partitioning as pt
+from jimm_linen.models.causal_lm import check_token_ids
 
 # Positions per chunk of the LM head: [B, 512, V] float32 logits at a time (for a 128k vocabulary
 # and batch 8, 2 GiB) instead of the whole sequence's.
@@ -62,9 +63,14 @@ def next_token_weights(input_ids: jax.Array, attention_mask: jax.Array | None = 
     return input_ids[:, 1:], weights
 
 
+def _check_shape(mask, shape, name: str) -> None:
+    if tuple(getattr(mask, "shape", ())) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(getattr(mask, 'shape', ()))}, input_ids {tuple(shape)}: "
+                         f"they must match")
+
+
 def _mask(mask, shape, name: str) -> jax.Array:
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(mask.shape)}, input_ids {tuple(shape)}: they must match")
+    _check_shape(mask, shape, name)
     return jnp.asarray(mask).astype(bool)
 
 
@@ -197,14 +203,45 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[
     return {k: pt.data_sharding(v.shape, mesh, rules) for k, v in batch.items()}
 
 
-def check_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+# The smallest and largest id of a batch on device (sharded or not): two numbers cross to the host.
+_id_extremes = jax.jit(lambda ids: jnp.stack([jnp.min(ids), jnp.max(ids)])[None])
+
+
+def _check_input_ids(ids, vocab_size: int) -> None:
+    """`check_token_ids` ([B, T] integer ids in [0, vocab_size)) without copying the batch to
+    the host: numpy ids are checked where they are, device ids by their jitted min and max."""
+    if (isinstance(ids, jax.Array) and not isinstance(ids, jax.core.Tracer) and ids.ndim == 2
+            and jnp.issubdtype(ids.dtype, jnp.integer) and ids.size):
+        ids = _id_extremes(ids)  # [1, 2]: the same checks, on two numbers
+    check_token_ids(ids, vocab_size)
+
+
+def check_batch(batch: Mapping[str, Any], vocab_size: int | None = None) -> dict[str, Any]:
+    """The batch a train step may consume, checked before the step runs, so that a bad batch
+    cannot reach (and, donated, destroy) the train state: a dict of `input_ids` `[B, T]`
+    integer ids and optional `attention_mask` / `loss_mask` of the same shape (None entries
+    dropped), and with `vocab_size` every id in `[0, vocab_size)`. An id equal to the
+    vocabulary size would turn the loss and every parameter into NaN; a negative one would
+    silently train on the wrong embedding row. HF raises on both; so does this.
+
+    The id range needs values: numpy ids are checked on the host, device arrays by a jitted
+    min/max (one transfer of two numbers). Under an outer `jit` the batch is traced and only
+    its keys, shapes and dtype can be checked: check concrete batches with this function
+    before calling the jitted code."""
     if not isinstance(batch, Mapping) or "input_ids" not in batch:
         raise ValueError(f"a batch is a dict with 'input_ids' (and optionally 'attention_mask', 'loss_mask'), "
                          f"got {type(batch).__name__}{' with keys ' + str(sorted(batch)) if isinstance(batch, Mapping) else ''}")
     unknown = sorted(set(batch) - set(BATCH_KEYS))
     if unknown:
         raise ValueError(f"unknown batch keys {unknown}; a batch holds {list(BATCH_KEYS)}")
-    return {k: v for k, v in batch.items() if v is not None}
+    batch = {k: v for k, v in batch.items() if v is not None}
+    ids = batch["input_ids"]
+    if vocab_size is not None:
+        _check_input_ids(ids, vocab_size)
+    for name in BATCH_KEYS[1:]:
+        if name in batch and hasattr(ids, "shape"):
+            _check_shape(batch[name], ids.shape, name)
+    return batch
 
 
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
@@ -221,6 +258,12 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
     `rng` switches dropout on (`train=True`). `metrics`: `loss`, `num_tokens` (targets counted)
     and `grad_norm` (global L2 norm of the gradients). The compiled function is `step.jitted`
     (`step.jitted.lower(state, batch, rng)`; trace it under `activation_sharding` yourself).
+
+    Before the donated update runs, `check_batch(batch, module.config.vocab_size)` checks the
+    batch (keys, `[B, T]` integer ids, mask shapes, ids in `[0, vocab)`): a bad batch is a
+    `ValueError` naming the problem and the state is left as it was. Called under an outer
+    `jit` (or through `step.jitted`) the ids are traced and their values go unchecked: call
+    `check_batch` on the concrete batch first there.
     """
     state_shardings = train_state_shardings(module, tx, mesh=mesh, rules=rules) if mesh is not None else None
 
@@ -240,7 +283,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
                      donate_argnums=(0,) if donate else ())
 
     def step(state: TrainState, batch: Mapping[str, Any], rng: jax.Array | None = None):
-        batch = check_batch(batch)
+        batch = check_batch(batch, module.config.vocab_size)
         if mesh is None:
             return jitted(state, batch, rng)
         batch = jax.device_put(batch, batch_shardings(batch, mesh, rules))

@@ -47,7 +47,12 @@ def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True
     under `nnx.jit` (model and optimizer donated with `donate=True`; updated in place either
     way). `batch` is a dict with `input_ids`, optionally `attention_mask` and `loss_mask`; on a
     sharded model it is placed along the batch dim by the model's rules. `train=True` runs
-    dropout from the model's streams. Metrics as `jimm_linen.training.make_train_step`'s."""
+    dropout from the model's streams. Metrics as `jimm_linen.training.make_train_step`'s.
+
+    The batch is checked first (`jimm_linen.training.check_batch` with the model's vocabulary
+    size: keys, `[B, T]` integer ids, mask shapes, ids in `[0, vocab)`), so a bad batch is a
+    `ValueError` and never reaches the donated model and optimizer. Inside an outer `nnx.jit`
+    the ids are traced and their values go unchecked: check the concrete batch there first."""
 
     @nnx.jit(donate_argnums=(0, 1) if donate else ())
     def update(model, optimizer, batch):
@@ -60,7 +65,7 @@ def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True
         return {"loss": loss, "num_tokens": count, "grad_norm": optax.global_norm(grads)}
 
     def step(model, optimizer, batch):
-        batch = training.check_batch(batch)
+        batch = training.check_batch(batch, model.linen_module.config.vocab_size)
         placement = model.placement
         if placement.sharded:
             batch = {k: jax.device_put(v, placement.leaf_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape))

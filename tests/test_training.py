@@ -1,8 +1,9 @@
 """Training a decoder (jimm_linen/training.py, jimm_linen/train_state_io.py), unsharded: the
 chunked next-token loss against HF's `labels=` loss and the full-logits loss (values and
 gradients, padding and prompt masks), no `[B, T, V]` logits in the compiled step, remat
-policies, bf16 compute with float32 params, and Orbax save -> restore -> the same next step.
-Sharded runs are in tests/test_decoder_sharding.py."""
+policies, bf16 compute with float32 params, Orbax save -> restore -> the same next step, and
+bad batches refused before the Linen and NNX steps consume a donated state. Sharded runs are in
+tests/test_decoder_sharding.py."""
 
 from __future__ import annotations
 
@@ -14,16 +15,25 @@ import numpy as np
 import optax
 import pytest
 
+from flax import nnx
+
 import jimm_linen
+import jimm_nnx
 from jimm_linen import train_state_io, training
 from tests import lm_checkpoints as lmc
 from tests.helpers import assert_close, assert_same_tree
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
+def llama_dir(tmp_path_factory):
+    """The tiny Llama checkpoint's directory and its HF model."""
     directory = tmp_path_factory.mktemp("llama")
-    hf = lmc.build_llama(directory)
+    return directory, lmc.build_llama(directory)
+
+
+@pytest.fixture(scope="module")
+def llama(llama_dir):
+    directory, hf = llama_dir
     model, variables = jimm_linen.from_pretrained(directory)
     return hf, model, variables
 
@@ -224,6 +234,60 @@ def test_resumed_run_equals_uninterrupted(llama, bf16, tmp_path):
         train_state_io.restore(tmp_path / "missing", saved)
     with pytest.raises(TypeError, match="ShapeDtypeStruct"):
         train_state_io.restore(tmp_path, {"params": "nope"})
+
+
+def bad_batches(data, vocab: int):
+    """(batch, the error it must raise): ids at the vocabulary size (the NaN one) and -1 (the
+    silent one), on the host and on device; a `[T]` row; float ids; mis-shaped masks."""
+    ids, mask = data["input_ids"], data["attention_mask"]
+    too_big, negative = ids.copy(), ids.copy()
+    too_big[2, 7], negative[1, 9] = vocab, -1
+    out_of_range = rf"token ids must lie in \[0, {vocab}\) \(the vocabulary\); got ids from"
+    return [({**data, "input_ids": too_big}, rf"{out_of_range} 0 to {vocab}$"),
+            ({**data, "input_ids": jnp.asarray(too_big)}, rf"{out_of_range} 0 to {vocab}$"),
+            ({**data, "input_ids": negative}, rf"{out_of_range} -1 to"),
+            ({**data, "input_ids": jnp.asarray(negative)}, rf"{out_of_range} -1 to"),
+            ({"input_ids": ids[0]}, r"input_ids must be \[batch, length\], got shape \(12,\)"),
+            ({**data, "input_ids": ids.astype(np.float32)}, "input_ids must be integer token ids, got dtype float32"),
+            ({**data, "attention_mask": mask[:, 1:]}, r"attention_mask has shape \(4, 11\), input_ids \(4, 12\)"),
+            ({**data, "loss_mask": mask[:2]}, r"loss_mask has shape \(2, 12\), input_ids \(4, 12\)")]
+
+
+def test_train_step_refuses_a_bad_batch_before_the_donated_state(llama, bf16):
+    """Without the check an id equal to the vocabulary size turns the loss and every parameter
+    into NaN (and the donated old state is gone) and -1 trains on the last embedding row."""
+    _, _, variables = llama
+    module, tx, step = bf16
+    state = training.init_train_state(module, tx, fresh_params(variables))
+    kept = jax.tree.map(np.asarray, state)
+    for batch, error in bad_batches(lmc.batch(), module.config.vocab_size):
+        with pytest.raises(ValueError, match=error):
+            step(state, batch)
+    assert_same_tree(state, kept)  # not donated: every buffer is alive and unchanged
+    state, metrics = step(state, lmc.batch())
+    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+
+
+def test_nnx_train_step_refuses_a_bad_batch_before_the_donated_model(llama_dir):
+    directory, _ = llama_dir
+    lm = jimm_nnx.CausalLM.from_pretrained(directory)
+    optimizer = nnx.Optimizer(lm, optax.adamw(1e-3), wrt=nnx.Param)
+    kept = jax.tree.map(np.asarray, jimm_nnx.train_state(lm, optimizer))
+    step = jimm_nnx.make_train_step()
+    for batch, error in bad_batches(lmc.batch(), lm.config.vocab_size):
+        with pytest.raises(ValueError, match=error):
+            step(lm, optimizer, batch)
+    assert_same_tree(jimm_nnx.train_state(lm, optimizer), kept)
+
+
+def test_check_batch_under_an_outer_jit_checks_only_what_tracing_knows():
+    """Traced ids have no values: shapes and dtypes are still checked, the range cannot be."""
+    data = lmc.batch()
+    jax.jit(lambda b: training.check_batch(b, 8))(data)  # ids up to 127 pass unchecked when traced
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(4, 11\)"):
+        jax.jit(lambda b: training.check_batch(b, 128))({**data, "attention_mask": data["attention_mask"][:, 1:]})
+    with pytest.raises(ValueError, match="got ids from 0 to 1"):
+        training.check_batch({"input_ids": np.array([[0, 1]])}, 1)
 
 
 def decoder_params(layers: int, qk_norm: bool = False, tied: bool = False):

@@ -10,15 +10,15 @@ from jimm_linen.checkpoint.hf_files import (
     weight_files, write_state_dict,
 )
 from jimm_linen.checkpoint.keys import (
-    FLATTEN, IDENTITY, CheckpointError, CheckpointFileError, ConvKernel, DropLeading, Flatten, Fused, KeyMap,
-    LinearKernel, Rule, Source, Transform, encoder_rules, flatten_tree, linear, linen_to_hf, norm, plan_load,
-    unflatten_tree,
+    FLATTEN, IDENTITY, CheckpointError, CheckpointFileError, Conv1DKernel, ConvKernel, DropLeading, Flatten, Fused,
+    KeyMap, LinearKernel, Plan, Rule, Source, StackedSource, Transform, encoder_rules, flatten_tree, linear,
+    linen_to_hf, norm, plan_load, unflatten_tree,
 )
 
 __all__ = [
     "FLATTEN", "IDENTITY", "PROGRESS_MIN_BYTES", "SAFE_INDEX", "SAFE_WEIGHTS", "TORCH_INDEX", "TORCH_WEIGHTS",
-    "CheckpointError", "CheckpointFileError", "ConvKernel", "DropLeading", "Flatten", "Fused", "KeyMap",
-    "LinearKernel", "Rule", "Source", "StateReader", "Transform", "encoder_rules", "flatten_tree", "linear",
-    "linen_to_hf", "norm", "npz", "plan_load", "progress", "read_json", "unflatten_tree", "weight_files",
-    "write_state_dict",
+    "CheckpointError", "CheckpointFileError", "Conv1DKernel", "ConvKernel", "DropLeading", "Flatten", "Fused",
+    "KeyMap", "LinearKernel", "Plan", "Rule", "Source", "StackedSource", "StateReader", "Transform", "encoder_rules",
+    "flatten_tree", "linear", "linen_to_hf", "norm", "npz", "plan_load", "progress", "read_json", "unflatten_tree",
+    "weight_files", "write_state_dict",
 ]

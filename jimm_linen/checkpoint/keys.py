@@ -3,6 +3,11 @@
 A family describes its checkpoint with `Rule`s: an HF key template, a Linen path template (in
 the loop layout, `encoderblock_{i}`) and a `Transform` that knows both directions. The HF ->
 Linen direction and the Linen -> HF direction are both derived from the same rules.
+
+Templates have named slots of digits. A slot in both templates names one parameter per value
+(`{i}`: the layers of the loop layout); a slot only in the HF template stacks one HF tensor per
+value on a leading axis of one Linen parameter (`{e}`: a MoE layer's experts), in the order
+the HF template names them.
 """
 
 from __future__ import annotations
@@ -106,6 +111,24 @@ class LinearKernel(Transform):
 
 
 @dataclasses.dataclass(frozen=True)
+class Conv1DKernel(LinearKernel):
+    """GPT-2's `Conv1D.weight` `(in, out)` (torch `Linear`'s transpose) <-> Linen kernel
+    `in_dims + out_dims`: a reshape."""
+
+    def hf_shape(self, shape):
+        return self._split(shape)
+
+    def to_linen(self, x, shape):
+        return x.reshape(shape)
+
+    def to_hf(self, y):
+        return y.reshape(self._split(y.shape))
+
+    def perm(self, shape):
+        return (0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class ConvKernel(Transform):
     """torch `Conv2d.weight` `(out, in, kh, kw)` <-> Linen `(kh, kw, in, out)`."""
 
@@ -147,31 +170,38 @@ class DropLeading(Transform):
 
 @dataclasses.dataclass(frozen=True)
 class Fused(Transform):
-    """One of `parts` equal slices, along dim 0, of an HF tensor that fuses several Linen
-    parameters (torch `MultiheadAttention.in_proj_weight` is query, key and value stacked);
-    `inner` converts the slice. Writing concatenates the parts in order (`linen_to_hf`)."""
+    """One of `parts` equal slices, along HF dim `axis`, of an HF tensor that fuses several Linen
+    parameters (torch `MultiheadAttention.in_proj_weight` is query, key and value on dim 0;
+    GPT-2's `c_attn.weight` on dim 1); `inner` converts the slice. Writing concatenates the
+    parts in order on `axis` (`linen_to_hf`)."""
 
     inner: Transform = Transform()
     part: int = 0
     parts: int = 1
+    axis: int = 0
 
     def hf_shape(self, shape):
-        piece = self.inner.hf_shape(shape)
-        return (piece[0] * self.parts, *piece[1:])
+        piece = list(self.inner.hf_shape(shape))
+        piece[self.axis] *= self.parts
+        return tuple(piece)
+
+    def _offset(self, shape) -> int:
+        return self.part * self.inner.hf_shape(tuple(shape))[self.axis]
 
     def to_linen(self, x, shape):
-        n = x.shape[0] // self.parts
-        return self.inner.to_linen(x[self.part * n:(self.part + 1) * n], shape)
+        start = self._offset(shape)
+        rows = slice(start, start + self.inner.hf_shape(tuple(shape))[self.axis])
+        return self.inner.to_linen(x[(slice(None),) * self.axis + (rows,)], shape)
 
     def to_hf(self, y):
         return self.inner.to_hf(y)
 
     def read_region(self, read, shape, index):
-        offset = self.part * self.inner.hf_shape(tuple(shape))[0]
+        offset, a = self._offset(shape), self.axis
 
         def read_part(hf_index):
-            rows = hf_index[0]
-            return read((slice(rows.start + offset, rows.stop + offset), *hf_index[1:]))
+            moved = slice(hf_index[a].start + offset, hf_index[a].stop + offset)
+            return read((*hf_index[:a], moved, *hf_index[a + 1:]))
 
         return self.inner.read_region(read_part, shape, index)
 
@@ -222,11 +252,22 @@ IDENTITY = Transform()
 FLATTEN = Flatten()
 
 
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     hf: str  # e.g. "vit.encoder.layer.{i}.attention.attention.query.weight"
     linen: str  # e.g. "Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0/query/kernel"
-    transform: Transform = IDENTITY
+    transform: Transform = IDENTITY  # applies to each stacked HF tensor on its own
+
+    @property
+    def stacked(self) -> tuple[str, ...]:
+        """The HF slots the Linen template lacks, each a leading axis of the Linen parameter
+        (`"model.layers.{i}.mlp.experts.{e}.up_proj.weight"` -> `"decoder/layers_{i}/moe/wi_1/kernel"`
+        stacks `("e",)`: Linen `(experts, *per_expert)`)."""
+        own = set(_SLOT.findall(self.linen))
+        return tuple(s for s in _SLOT.findall(self.hf) if s not in own)
 
 
 # Rule builders shared by the families' key tables.
@@ -275,17 +316,32 @@ def encoder_rules(hf_layer: str, linen_block: str, hf_names: dict[str, str]) -> 
 
 
 def _template_regex(template: str) -> re.Pattern:
-    return re.compile("^" + re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
+    pieces = _SLOT.split(template)  # literal, slot name, literal, ...
+    return re.compile("^" + "".join(rf"(?P<{x}>\d+)" if k % 2 else re.escape(x) for k, x in enumerate(pieces)) + "$")
+
+
+def _fill(template: str, values: Mapping[str, object]) -> str:
+    """`template` with the slots `values` names filled in, the others left as they are."""
+    return _SLOT.sub(lambda m: str(values[m[1]]) if m[1] in values else m[0], template)
 
 
 class KeyMap:
     """Both directions of a rule table. `aliases` are extra HF names accepted when reading
     (e.g. the module names of `transformers` 5's in-memory state dicts); writing uses `rules`.
     `ignore`: regexes over HF keys that are known not to be parameters (buffers older
-    `transformers` versions saved, such as `position_ids`); reading skips them."""
+    `transformers` versions saved, such as `position_ids`); reading skips them.
+    `tied`: HF key -> the HF key it repeats (a tied head, `{"lm_head.weight":
+    "model.embed_tokens.weight"}`). It is no parameter of its own and is never written; a
+    checkpoint may store it, but then with the other key's values (the load compares them)."""
 
-    def __init__(self, rules: Iterable[Rule], aliases: Iterable[Rule] = (), ignore: Iterable[str] = ()):
+    def __init__(self, rules: Iterable[Rule], aliases: Iterable[Rule] = (), ignore: Iterable[str] = (),
+                 tied: Mapping[str, str] | None = None):
         self.rules, self.aliases = tuple(rules), tuple(aliases)
+        self.tied = dict(tied or {})
+        unwritable = [r for r in (*self.rules, *self.aliases)
+                      if not set(_SLOT.findall(r.linen)) <= set(_SLOT.findall(r.hf))]
+        if unwritable:
+            raise ValueError(f"rules whose Linen template has slots their HF template lacks: {unwritable}")
         self._hf = [(_template_regex(r.hf), r) for r in (*self.rules, *self.aliases)]
         self._linen = [(_template_regex(r.linen), r) for r in self.rules]
         self._ignore = [re.compile(p) for p in ignore]
@@ -298,26 +354,51 @@ class KeyMap:
 
         others = [_template_regex(r.hf).pattern for r in (*self.rules, *self.aliases)
                   if not r.linen.startswith(prefix)]
-        return KeyMap(strip(self.rules), strip(self.aliases), [*(p.pattern for p in self._ignore), *others])
+        sub = KeyMap(strip(self.rules), strip(self.aliases))
+        # A key tied to one of another subtree's keys is that subtree's to check.
+        tied = {k: v for k, v in self.tied.items() if sub.matches(v)}
+        untied = [re.escape(k) for k in self.tied if k not in tied]
+        return KeyMap(sub.rules, sub.aliases, [*(p.pattern for p in self._ignore), *others, *untied], tied)
 
     def ignored(self, hf_key: str) -> bool:
         return any(p.fullmatch(hf_key) for p in self._ignore)
 
-    def to_linen_paths(self, hf_key: str) -> list[tuple[str, Transform]]:
-        """Every Linen parameter an HF key holds: one, or several for a `Fused` tensor."""
+    def matches(self, hf_key: str) -> list[tuple[str, Transform, tuple[int, ...]]]:
+        """Every Linen parameter an HF key holds (several for a `Fused` tensor), with the
+        key's place on the parameter's stacked axes (`()` where it has none)."""
         out = []
         for pattern, rule in self._hf:
             m = pattern.match(hf_key)
             if m:
-                out.append((rule.linen.format(**m.groupdict()), rule.transform))
+                out.append((_fill(rule.linen, m.groupdict()), rule.transform, tuple(int(m[s]) for s in rule.stacked)))
         return out
 
-    def to_hf_key(self, linen_path: str):
+    def to_linen_paths(self, hf_key: str) -> list[tuple[str, Transform]]:
+        """Every Linen parameter an HF key holds: one, or several for a `Fused` tensor."""
+        return [(path, transform) for path, transform, _ in self.matches(hf_key)]
+
+    def rule_for(self, linen_path: str) -> tuple[Rule, dict[str, str]] | None:
+        """The rule that writes a Linen parameter, and the values of the slots its path fills."""
         for pattern, rule in self._linen:
             m = pattern.match(linen_path)
             if m:
-                return rule.hf.format(**m.groupdict()), rule.transform
+                return rule, m.groupdict()
         return None
+
+    def to_hf_key(self, linen_path: str) -> tuple[str, Transform] | None:
+        """A Linen parameter's HF key (its stacked slots left unfilled: `...experts.{e}...`)."""
+        found = self.rule_for(linen_path)
+        return None if found is None else (_fill(found[0].hf, found[1]), found[0].transform)
+
+    def hf_keys(self, linen_path: str, shape: Sequence[int]) -> dict[tuple[int, ...], str]:
+        """Every HF key of a Linen parameter of `shape`, by its place on the stacked axes (one
+        key at `()` for a parameter that stacks nothing); `{}` for a path no rule writes."""
+        found = self.rule_for(linen_path)
+        if found is None:
+            return {}
+        rule, values = found
+        return {idx: _fill(rule.hf, {**values, **dict(zip(rule.stacked, idx))})
+                for idx in np.ndindex(*shape[:len(rule.stacked)])}
 
 
 # --- trees -------------------------------------------------------------------------------
@@ -351,15 +432,64 @@ class Source:
     hf_key: str
     transform: Transform
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.hf_key,)
+
+    def read_region(self, read: Callable[[str, Index], np.ndarray], shape: tuple[int, ...],
+                    index: Index) -> np.ndarray:
+        """The box `index` of the Linen tensor of `shape`, through `read(hf_key, hf_index)`."""
+        return self.transform.read_region(lambda hf_index: read(self.hf_key, hf_index), tuple(shape), index)
+
+
+@dataclasses.dataclass(frozen=True)
+class StackedSource:
+    """A Linen parameter whose leading axis stacks `parts`, one per index (a MoE layer's
+    experts, each an HF key of its own)."""
+
+    parts: tuple[Source | StackedSource, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for part in self.parts for k in part.keys)
+
+    def read_region(self, read, shape, index):
+        # Only the parts in the box: a device that holds some experts reads only theirs.
+        rows = range(index[0].start, index[0].stop)
+        if not rows:
+            return np.zeros((0, *(s.stop - s.start for s in index[1:])))
+        return np.stack([self.parts[j].read_region(read, shape[1:], index[1:]) for j in rows])
+
+
+def _nest(parts: Mapping[tuple[int, ...], Source]) -> Source | StackedSource:
+    if () in parts:
+        return parts[()]
+    heads: dict[int, dict[tuple[int, ...], Source]] = {}
+    for idx, src in parts.items():
+        heads.setdefault(idx[0], {})[idx[1:]] = src
+    return StackedSource(tuple(_nest(heads[j]) for j in sorted(heads)))
+
+
+class Plan(dict):
+    """Linen path -> `Source` / `StackedSource` (what `plan_load` makes, and the engine reads);
+    `tied`: the (HF key, the key whose values it must hold, their shape) the load compares."""
+
+    tied: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+
+
+def _at(path: str, idx: tuple[int, ...]) -> str:
+    return f"{path}[{', '.join(map(str, idx))}]" if idx else path
+
 
 def plan_load(
     shapes: Mapping[str, tuple[int, ...]],
     keymap: KeyMap,
     expected: Mapping[str, tuple[int, ...]],
     dont_load: Sequence[str] = (),
-) -> dict[str, Source]:
+) -> Plan:
     """Match a checkpoint's `key -> shape` against the model's flat Linen paths (loop layout),
-    strictly, without reading any tensor.
+    strictly, without reading any tensor. A stacked parameter (`Rule.stacked`) needs exactly
+    one HF key per index of its stacked axes.
 
     `dont_load`: regexes over Linen paths (e.g. `"head/.*"`) that may be absent from the
     checkpoint, mismatched, or present in the checkpoint but not in the model; those paths get
@@ -374,34 +504,43 @@ def plan_load(
         used.update(hits)
         return bool(hits)
 
-    plan: dict[str, Source] = {}
+    found: dict[str, dict[tuple[int, ...], Source]] = {}
     unexpected, misshaped, duplicated = [], [], []
-    seen: dict[str, str] = {}  # path -> the HF key that claimed it
+    seen: dict[tuple[str, tuple[int, ...]], str] = {}  # (path, stacked index) -> the HF key that claimed it
+    tied = [k for k in shapes if k in keymap.tied]
+    for k in tied:
+        other = keymap.tied[k]
+        if other in shapes and tuple(shapes[k]) != tuple(shapes[other]):
+            misshaped.append(f"{k}: checkpoint {tuple(shapes[k])}, tied to {other} of {tuple(shapes[other])}")
     for hf_key, shape in shapes.items():
-        if keymap.ignored(hf_key):
+        if hf_key in keymap.tied or keymap.ignored(hf_key):
             continue
-        targets = keymap.to_linen_paths(hf_key)
-        if targets and all(skipped(path) for path, _ in targets):
+        targets = keymap.matches(hf_key)
+        if targets and all(skipped(path) for path, _, _ in targets):
             continue  # e.g. a classifier the new config drops or resizes
-        targets = [(path, t) for path, t in targets if not skipped(path)]
-        if not targets or any(path not in expected for path, _ in targets):
+        targets = [t for t in targets if not skipped(t[0])]
+        if not targets or any(path not in expected for path, _, _ in targets):
             unexpected.append(hf_key)
             continue
-        for path, transform in targets:
-            if path in seen:
-                duplicated.append(f"{seen[path]} and {hf_key} (-> {path})")
+        for path, transform, idx in targets:
+            have = tuple(expected[path])
+            if len(have) < len(idx) or any(j >= n for j, n in zip(idx, have)):
+                unexpected.append(f"{hf_key} (-> {_at(path, idx)}, beyond the model's {have[:len(idx)]})")
                 continue
-            seen[path] = hf_key
-            want = transform.hf_shape(tuple(expected[path]))
+            if (path, idx) in seen:
+                duplicated.append(f"{seen[path, idx]} and {hf_key} (-> {_at(path, idx)})")
+                continue
+            seen[path, idx] = hf_key
+            want = transform.hf_shape(have[len(idx):])
             if tuple(shape) != want:
-                misshaped.append(f"{hf_key}: checkpoint {tuple(shape)}, model expects {want} (-> {path})")
+                misshaped.append(f"{hf_key}: checkpoint {tuple(shape)}, model expects {want} (-> {_at(path, idx)})")
                 continue
-            plan[path] = Source(hf_key, transform)
+            found.setdefault(path, {})[idx] = Source(hf_key, transform)
     missing = []
-    for path in expected:
-        if path not in seen and not skipped(path):
-            hf = keymap.to_hf_key(path)
-            missing.append(f"{hf[0] if hf else '<no HF key>'} (-> {path})")
+    for path, shape in expected.items():
+        if (path, ()) not in seen and not skipped(path):
+            keys = keymap.hf_keys(path, shape) or {(): "<no HF key>"}
+            missing += [f"{key} (-> {_at(path, idx)})" for idx, key in keys.items() if (path, idx) not in seen]
     problems = []
     unused = [p.pattern for p in skip if p.pattern not in used]
     if unused:
@@ -417,24 +556,31 @@ def plan_load(
     if problems:
         raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems)
                               + ". Pass dont_load=[regex over model paths] to leave parts (e.g. the head) uninitialised from the checkpoint.")
+    plan = Plan({path: _nest(parts) for path, parts in found.items()})
+    plan.tied = tuple((k, keymap.tied[k], tuple(shapes[k])) for k in tied if keymap.tied[k] in shapes)
     return plan
 
 
 def linen_to_hf(flat: Mapping[str, np.ndarray], keymap: KeyMap) -> dict[str, np.ndarray]:
+    """The HF state dict of flat loop-layout Linen parameters: a stacked parameter unstacked
+    into one key per index, a `Fused` tensor concatenated from its parts."""
     out, unmapped = {}, []
     pieces: dict[str, dict[int, np.ndarray]] = {}  # fused HF key -> its parts so far
     for path, value in flat.items():
-        target = keymap.to_hf_key(path)
-        if target is None:
+        value = np.asarray(value)
+        keys = keymap.hf_keys(path, value.shape)
+        if not keys:
             unmapped.append(path)
             continue
-        hf_key, transform = target
-        if isinstance(transform, Fused):
-            pieces.setdefault(hf_key, {})[transform.part] = transform.to_hf(np.asarray(value))
-            if len(pieces[hf_key]) == transform.parts:
-                out[hf_key] = np.concatenate([pieces[hf_key][i] for i in range(transform.parts)])
-        else:
-            out[hf_key] = transform.to_hf(np.asarray(value))
+        transform = keymap.rule_for(path)[0].transform
+        for idx, hf_key in keys.items():
+            part = transform.to_hf(np.asarray(value[idx]))
+            if isinstance(transform, Fused):
+                pieces.setdefault(hf_key, {})[transform.part] = part
+                if len(pieces[hf_key]) == transform.parts:
+                    out[hf_key] = np.concatenate([pieces[hf_key][i] for i in range(transform.parts)], transform.axis)
+            else:
+                out[hf_key] = part
     incomplete = [k for k in pieces if k not in out]
     if unmapped:
         raise CheckpointError(f"parameters with no HF key in this family's table: {unmapped}")

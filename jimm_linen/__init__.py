@@ -6,7 +6,8 @@ from jimm_linen.models.image_text import (
     CLIP, CLIPConfig, ImageTextOutput, SigLIP, SigLIPConfig, TextConfig, TextTransformer, contrastive_loss,
     sigmoid_loss,
 )
-from jimm_linen.models.causal_lm import CausalLM, CausalLMConfig, KVCache
+from jimm_linen.layers.kv_cache import KVCache
+from jimm_linen.models.decoder import CausalLM, CausalLMConfig
 from jimm_linen.models.llama import Llama, LlamaConfig
 from jimm_linen.models.olmo2 import Olmo2, Olmo2Config
 from jimm_linen.models.qwen3 import Qwen3, Qwen3Config

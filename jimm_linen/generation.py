@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.models.causal_lm import KVCache, check_token_ids
+from jimm_linen.layers.kv_cache import KVCache
+from jimm_linen.models.decoder import check_token_ids
 from jimm_linen.outputs import GenerationOutput
 
 # transformers' own fallbacks (`GenerationConfig._get_default_generation_params`) for what
@@ -246,10 +247,10 @@ def check_prompt(config, input_ids, attention_mask, max_new_tokens) -> tuple[np.
                              f"must be left-padded (tokenizer.padding_side = 'left')")
     longest = int(mask.sum(axis=1).max())
     limit = config.max_position_embeddings
-    if longest + max_new_tokens > limit and config.rope.rope_type != "dynamic":
+    if longest + max_new_tokens > limit and not config.extrapolates:
         raise ValueError(f"the longest prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = "
                          f"{longest + max_new_tokens} positions exceed max_position_embeddings ({limit}) of the "
-                         f"config (only rope_type 'dynamic' is made to extrapolate past it)")
+                         f"config (only a model made to extrapolate past it, such as rope_type 'dynamic', may)")
     return ids.astype(np.int32), mask
 
 

@@ -43,12 +43,15 @@ class ImageTextOutput:
 class CausalLMOutput:
     """What a causal LM returns with `return_hidden_states=True`: float32 `logits [B, T, V]`,
     `last_hidden_state` (after the final norm), `hidden_states` (as HF's: the embeddings and every
-    block's output, the last one after the final norm) and the updated `cache` when one was given."""
+    block's output, the last one after the final norm), the updated `cache` when one was given and
+    `aux`, the blocks' auxiliary outputs stacked over layers (e.g. `router_logits`; empty for
+    dense families)."""
 
     logits: jax.Array
     last_hidden_state: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
     cache: object | None = None
+    aux: dict = flax.struct.field(default_factory=dict)
 
 
 @flax.struct.dataclass

@@ -17,7 +17,7 @@ import numpy as np
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import engine
 from jimm_linen.layers import scan_to_loop
-from jimm_linen.models.causal_lm import CausalLMConfig
+from jimm_linen.models.decoder import CausalLMConfig
 from jimm_linen.models.dino import DINOv2, DINOv2Config, DINOv3, DINOv3Config
 from jimm_linen.models.dino import hf as dino_hf
 from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer, tower_module

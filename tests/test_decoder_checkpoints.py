@@ -234,6 +234,12 @@ def test_a_tied_checkpoint_that_stores_lm_head_loads(tmp_path):
     extra = _edit(tmp_path / "tied", tmp_path / "extra",
                   state=lambda s: s.__setitem__("lm_head.weight", s["model.embed_tokens.weight"]))
     assert_same_tree(jimm_linen.from_pretrained(extra)[1], jimm_linen.from_pretrained(tmp_path / "tied")[1])
+    # Other values than the embedding: HF would untie (with a warning); we refuse, naming both.
+    other = _edit(tmp_path / "tied", tmp_path / "other",
+                  state=lambda s: s.__setitem__("lm_head.weight", s["model.embed_tokens.weight"] + 1.0))
+    for load in (jimm_linen.from_pretrained, lambda d: jimm_nnx.CausalLM.from_pretrained(d, sharding=jimm_nnx.NoSharding())):
+        with pytest.raises(CheckpointError, match=r"lm_head\.weight.*model\.embed_tokens\.weight"):
+            load(other)
 
 
 def _set(**fields):
@@ -242,12 +248,11 @@ def _set(**fields):
 
 @pytest.mark.parametrize("family,edit,message", [
     pytest.param("llama", _set(pretraining_tp=2), r"pretraining_tp=2", id="pretraining_tp"),
-    pytest.param("qwen3", _set(use_sliding_window=True, sliding_window=4), r"use_sliding_window",
-                 id="use_sliding_window"),
-    pytest.param("qwen3", _set(layer_types=["full_attention", "sliding_attention"]), r"sliding_attention",
-                 id="sliding_layer_types"),
-    pytest.param("olmo2", _set(frobnicate_heads=3),
-                 r"unknown config field\(s\) for model_type 'olmo2': \['frobnicate_heads'\]", id="unknown-field"),
+    pytest.param("qwen3", _set(layer_types=["full_attention", "sliding_attention"]),
+                 r"layer_types has sliding_attention layers but sliding_window is not set", id="sliding-without-window"),
+    pytest.param("qwen3", _set(layer_types=["full_attention", "local"]), r"layer_types must give one of",
+                 id="unknown-layer-type"),
+    pytest.param("qwen3", _set(layer_types=["full_attention"]), r"for each of the 2 layers", id="layer-types-short"),
     pytest.param("llama", _set(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}),
                  r"unknown rope_type 'longrope'", id="unknown-rope_type"),
     pytest.param("llama", lambda hf: hf.update(rope_theta=hf.pop("rope_parameters")["rope_theta"],

@@ -3,6 +3,7 @@
 conversions work for any stacked block name."""
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,16 +12,25 @@ import pytest
 from jimm_linen.layers import DenseGeneral, loop_to_scan, scan_groups, scan_to_loop, stack
 
 
+@flax.struct.dataclass
+class Seen:
+    """What every toy layer sees: an array and a static Python value (remat must not trace it)."""
+
+    scale: jax.Array
+    deterministic: bool = flax.struct.field(pytree_node=False, default=True)
+
+
 class CachedBlock(nn.Module):
     """A toy decoder layer: reads its slice of a per-layer cache, writes a new one."""
 
     features: int
 
     @nn.compact
-    def __call__(self, x, scale, deterministic, cache):
+    def __call__(self, x, shared, cache):
+        assert shared.deterministic is True  # static: still a Python bool inside scan and remat
         y = DenseGeneral(self.features, kernel_axes=("embed", "mlp"), name="proj")(x)
         new_cache = cache + y.sum(axis=1, keepdims=True)  # [B, 1, D]: depends on the layer's input
-        return x + scale * jnp.tanh(y) + new_cache, new_cache
+        return x + shared.scale * jnp.tanh(y) + new_cache, new_cache
 
 
 class Stacked(nn.Module):
@@ -30,9 +40,8 @@ class Stacked(nn.Module):
 
     @nn.compact
     def __call__(self, x, cache):
-        run = stack(CachedBlock, length=3, name=self.name_, scan=self.scan, remat=self.remat,
-                    num_broadcast=2, static_argnums=(1,), features=x.shape[-1])
-        return run(x, 0.5, True, cache)
+        run = stack(CachedBlock, length=3, name=self.name_, scan=self.scan, remat=self.remat, features=x.shape[-1])
+        return run(x, Seen(jnp.float32(0.5)), cache)
 
 
 def _inputs():

@@ -2,9 +2,13 @@
 
 An attention function takes `query [B, T, N, H]`, `key [B, S, K, H]`, `value [B, S, K, H]`
 (K key/value heads, K dividing N: grouped-query attention, query head n reading key/value head
-n // (N / K)), an optional boolean `mask` broadcastable to `[B, N, T, S]` (True = attend) and
-`is_causal` (the causal diagonal aligned to the last key, as with a KV cache), and returns
-`[B, T, N, H]`, like `jax.nn.dot_product_attention`.
+n // (N / K)), an optional boolean `mask` broadcastable to `[B, N, T, S]` (True = attend),
+`is_causal` (the causal diagonal aligned to the last key, as with a KV cache), and tokamax's
+keywords `scale` (default `H ** -0.5`), `logits_soft_cap` (`cap * tanh(logits / cap)` after the
+scale, before the mask: Gemma 2) and `local_window_size` (`(left, right)`: query i sees keys
+i - left .. i + right; HF's sliding window W is `(W - 1, 0)`), and returns `[B, T, N, H]`, like
+`jax.nn.dot_product_attention`. A backend that cannot do what is asked raises
+`NotImplementedError` with the reason, and a fallback list moves on.
 """
 
 from __future__ import annotations
@@ -32,11 +36,29 @@ TOKAMAX_BACKENDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-def _combine_masks(mask, is_causal: bool, t: int, s: int):
+def _window(local_window_size) -> tuple[int | None, int | None]:
+    if local_window_size is None:
+        return None, None
+    if isinstance(local_window_size, int):
+        return local_window_size, local_window_size
+    return tuple(local_window_size)
+
+
+def _combine_masks(mask, is_causal: bool, t: int, s: int, local_window_size=None):
+    """The caller's mask and the causal / window rules on query i's key column `i + s - t`."""
+    left, right = _window(local_window_size)
+    if not is_causal and left is None:
+        return mask
+    q = jnp.arange(t)[:, None] + (s - t)
+    k = jnp.arange(s)[None, :]
+    rule = jnp.ones((t, s), bool)
     if is_causal:
-        causal = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
-        mask = causal if mask is None else jnp.logical_and(mask, causal)
-    return mask
+        rule &= k <= q
+    if left is not None:
+        rule &= k >= q - left
+    if right is not None:
+        rule &= k <= q + right
+    return rule if mask is None else jnp.logical_and(mask, rule)
 
 
 @jax.custom_jvp
@@ -59,7 +81,8 @@ def _softmax_jvp(primals, tangents):
     return y, y * (t - (y * t).sum(-1, keepdims=True))
 
 
-def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = False,
+def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = False, scale: float | None = None,
+                          logits_soft_cap: float | None = None, local_window_size=None,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None):
     """Exact softmax attention; logits and softmax in float32 whatever the input dtype.
 
@@ -71,7 +94,7 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     if n % kv_heads:
         raise ValueError(f"{n} query heads cannot share {kv_heads} key/value heads (it must divide)")
     groups = n // kv_heads
-    scale = h ** -0.5
+    scale = h ** -0.5 if scale is None else scale
     # Heads-major ([B, N, T, H]) throughout, one transpose back at the end: XLA:CPU runs
     # q.k^T, probs.v and their gradients as batched GEMMs on contiguous heads. Contracting a
     # [B, T, N, H] operand or writing a [B, T, N, H] result makes it transpose the [B, N, T, S]
@@ -83,7 +106,9 @@ def dot_product_attention(query, key, value, mask=None, *, is_causal: bool = Fal
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (query, key, value))
     q = q.reshape(b, kv_heads, groups * t, h)
     logits = jnp.einsum("bkth,bksh->bkts", q, k, preferred_element_type=jnp.float32) * scale
-    mask = _combine_masks(mask, is_causal, t, s)
+    if logits_soft_cap is not None:
+        logits = logits_soft_cap * jnp.tanh(logits / logits_soft_cap)
+    mask = _combine_masks(mask, is_causal, t, s, local_window_size)
     if mask is not None:
         mask = jnp.asarray(mask)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
@@ -127,7 +152,8 @@ def make_tokamax_attention(impls: str | Sequence[str] | None = None) -> Attentio
             f"unknown attention backend(s) {unknown}; known: {sorted(TOKAMAX_BACKENDS)}"
         )
 
-    def attention(query, key, value, mask=None, *, is_causal: bool = False):
+    def attention(query, key, value, mask=None, *, is_causal: bool = False, scale=None, logits_soft_cap=None,
+                  local_window_size=None):
         platform = jax.default_backend()
         refusals = []
         for name in names:
@@ -137,8 +163,8 @@ def make_tokamax_attention(impls: str | Sequence[str] | None = None) -> Attentio
                 continue
             try:
                 out = tokamax.dot_product_attention(
-                    query, key, value, mask=mask, is_causal=is_causal, implementation=impl
-                )
+                    query, key, value, mask=mask, is_causal=is_causal, scale=scale, logits_soft_cap=logits_soft_cap,
+                    local_window_size=local_window_size, implementation=impl)
             except NotImplementedError as e:
                 refusals.append(f"{name}: {e}")
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -63,6 +64,15 @@ def drop_path(module: nn.Module, x, rate: float, deterministic: bool):
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
+@flax.struct.dataclass
+class EncoderInputs:
+    """What every encoder block sees: the attention `mask`, the rotary `(cos, sin)` or None."""
+
+    mask: Any = None
+    rope: Any = None
+    deterministic: bool = flax.struct.field(pytree_node=False, default=True)
+
+
 class EncoderBlock(nn.Module):
     """`x + Attn(LN(x))`, then `x + MLP(LN(x))`; returns `(x, x if collect else None)` to be scannable."""
 
@@ -73,8 +83,8 @@ class EncoderBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, mask, deterministic, rope=None):
-        cfg = self.config
+    def __call__(self, x, shared: EncoderInputs, own=None):
+        cfg, mask, deterministic, rope = self.config, shared.mask, shared.deterministic, shared.rope
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         init = default_kernel_init(cfg.initializer_range)
         dropout = block_option(cfg, "block_dropout_prob")
@@ -114,10 +124,9 @@ class Encoder(Stacked):
     def __call__(self, x, mask=None, deterministic: bool = True, return_hidden_states: bool = False, rope=None):
         cfg = self.config
         blocks = stack(EncoderBlock, length=cfg.num_hidden_layers, name="encoderblock", scan=self.scan,
-                       remat=self.remat_policy, num_broadcast=3, static_argnums=(1,), config=cfg,
-                       attention_fn=self.attention_fn, collect=return_hidden_states, dtype=self.dtype,
-                       param_dtype=self.param_dtype)
-        x, per_layer = blocks(x, mask, deterministic, rope)
+                       remat=self.remat_policy, config=cfg, attention_fn=self.attention_fn,
+                       collect=return_hidden_states, dtype=self.dtype, param_dtype=self.param_dtype)
+        x, per_layer = blocks(x, EncoderInputs(mask, rope, deterministic))
         hidden_states = tuple(per_layer) if return_hidden_states else None
         x = LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
         return x, hidden_states

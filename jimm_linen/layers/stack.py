@@ -75,42 +75,36 @@ class Stacked(nn.Module):
 
 
 def stack(block_cls: type[nn.Module], *, length: int, name: str, scan: bool = True,
-          remat: str = "none", num_broadcast: int = 0, static_argnums: Sequence[int] = (),
-          **block_kwargs: Any) -> Callable:
-    """`length` blocks in sequence, as a function `f(carry, *args) -> (carry, ys)` to call inside
-    the parent's compact method.
+          remat: str = "none", **block_kwargs: Any) -> Callable:
+    """`length` blocks in sequence, as a function `f(carry, shared, own=None) -> (carry, ys)` to
+    call inside the parent's compact method.
 
-    Each layer runs `block_cls(**block_kwargs)(carry, *layer_args)` and returns `(carry, y)`.
-    The first `num_broadcast` args reach every layer unchanged (masks, flags); the others are
-    per-layer state with a leading `layers` axis, each layer getting its slice (a decoder's KV
-    cache). `ys` holds every layer's `y` stacked on a leading axis (None if the block returns
-    None). `static_argnums` index `args` that are Python values (e.g. `deterministic`), which
-    remat must not trace. `nn.scan` drops keyword arguments, so blocks take positional ones.
+    Layer i runs `block_cls(**block_kwargs)(carry, shared, own_i)` and returns `(carry, y)`.
+    `shared` is a pytree every layer sees unchanged (positions, masks; Python values ride as
+    static fields of a `flax.struct` so remat never traces them); `own` a pytree whose leaves
+    have a leading `layers` axis, layer i getting its slice (its attention kind, its KV cache);
+    `ys` stacks every layer's `y` (any pytree: cache slices, hidden states, auxiliary outputs)
+    on a leading axis. `nn.scan` drops keyword arguments, so blocks take positional ones.
     """
     cls = block_cls
-    policy = remat_policy(remat)
     if remat != "none":
-        # nn.remat's static_argnums count `self` and the carry.
-        cls = nn.remat(cls, policy=policy, prevent_cse=not scan,
-                       static_argnums=tuple(2 + i for i in static_argnums))
+        cls = nn.remat(cls, policy=remat_policy(remat), prevent_cse=not scan)
 
-    def run(carry, *args):
+    def run(carry, shared, own=None):
         if scan:
-            in_axes = (nn.broadcast,) * num_broadcast + (0,) * (len(args) - num_broadcast)
             layers = nn.scan(
                 cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=in_axes,
+                in_axes=(nn.broadcast, 0),
                 length=length,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(name=name, **block_kwargs)
-            return layers(carry, *args)
-        shared, per_layer = args[:num_broadcast], args[num_broadcast:]
+            return layers(carry, shared, own)
         ys = []
         for i in range(length):
-            mine = jax.tree.map(lambda a, i=i: a[i], per_layer)
-            carry, y = cls(name=f"{name}_{i}", **block_kwargs)(carry, *shared, *mine)
+            mine = jax.tree.map(lambda a, i=i: a[i], own)
+            carry, y = cls(name=f"{name}_{i}", **block_kwargs)(carry, shared, mine)
             ys.append(y)
         return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jimm_linen.models.causal_lm import CausalLMConfig
+from jimm_linen.models.decoder import CausalLMConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,7 +16,6 @@ class LlamaConfig(CausalLMConfig):
 
     model_type = "llama"
     architecture = "LlamaForCausalLM"
-    passthrough = ("use_cache", "pretraining_tp")
 
     @classmethod
     def refuse(cls, hf: dict[str, Any]) -> None:

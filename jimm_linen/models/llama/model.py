@@ -1,23 +1,35 @@
 """Llama: pre-norm blocks of grouped-query attention with rotary embeddings and a SwiGLU MLP.
-Qwen3 runs the same block with per-head q/k norms (its config sets `qk_norm`)."""
+Qwen3 (per-head q/k norms, from its config) and Mistral (a sliding window) run this block."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 
-from jimm_linen.models.causal_lm import Block, CausalLM
+from jimm_linen.layers.attention import Attention
+from jimm_linen.layers.mlp import GatedMlpBlock
+from jimm_linen.layers.norm import RMSNorm
+from jimm_linen.models.decoder import CausalLM, DecoderBlock
 from jimm_linen.models.llama.config import LlamaConfig
 
 
-class LlamaBlock(Block):
+class LlamaBlock(DecoderBlock):
     """`x + Attn(RMSNorm(x))`, then `x + MLP(RMSNorm(x))`."""
 
     @nn.compact
-    def __call__(self, x, mask, rotary, is_causal, deterministic, index, *kv):
-        y, kv = self.attend(self.norm("pre_attention_norm")(x), mask, rotary, is_causal, deterministic, index, kv)
-        x = x + y
-        x = x + self.mlp(self.norm("pre_mlp_norm")(x))
-        return self.out(x, kv)
+    def __call__(self, x, shared, own):
+        cfg, kw = self.config, self.kw
+        h = RMSNorm(cfg.rms_norm_eps, cfg.norm_order, name="pre_attention_norm", **kw)(x)
+        h, keys, values = Attention(
+            num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+            use_bias=cfg.attention_bias, out_bias=cfg.attention_bias, qk_norm=cfg.qk_norm,
+            norm_eps=cfg.rms_norm_eps, norm_order=cfg.norm_order, attention_fn=self.attention_fn,
+            attention_dropout=cfg.attention_dropout, kernel_init=self.kernel_init, name="self_attention", **kw,
+        )(h, shared, own)
+        x = x + h
+        h = RMSNorm(cfg.rms_norm_eps, cfg.norm_order, name="pre_mlp_norm", **kw)(x)
+        x = x + GatedMlpBlock(cfg.intermediate_size, cfg.hidden_act, use_bias=cfg.mlp_bias,
+                              kernel_init=self.kernel_init, name="mlp", **kw)(h)
+        return self.out(x, keys, values)
 
 
 class Llama(CausalLM):

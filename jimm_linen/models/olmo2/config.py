@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jimm_linen.models.causal_lm import CausalLMConfig
+from jimm_linen.models.decoder import CausalLMConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,5 +19,4 @@ class Olmo2Config(CausalLMConfig):
 
     model_type = "olmo2"
     architecture = "Olmo2ForCausalLM"
-    qk_norm = "projection"
     norm_order = "scale_then_cast"

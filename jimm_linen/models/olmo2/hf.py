@@ -1,10 +1,9 @@
-"""HF `Olmo2ForCausalLM` <-> jimm `Olmo2` key table."""
+"""HF `Olmo2ForCausalLM` <-> jimm `Olmo2` key table: Llama's names with OLMo 2's norms."""
 
-from jimm_linen.models.causal_lm import hf_keymap
-from jimm_linen.models.olmo2.config import Olmo2Config
+from jimm_linen.models.llama import hf as llama_hf
 
 NORMS = {"post_attention_norm": "post_attention_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
 
 
-def keymap(config: Olmo2Config):
-    return hf_keymap(config, NORMS)
+def keymap(config):
+    return llama_hf.keymap(config, NORMS)

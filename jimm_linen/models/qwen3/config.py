@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from jimm_linen.models.causal_lm import CausalLMConfig
+from jimm_linen.layers.block_inputs import FULL, SLIDING
+from jimm_linen.models.decoder import CausalLMConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Qwen3Config(CausalLMConfig):
     """HF `Qwen3Config`: Llama's block with an RMSNorm on each query and key head. Sliding-window
-    layers are refused (every layer attends to the whole context here); the window fields are
-    kept for the round trip."""
+    layers as HF builds them: `layer_types` when given (any pattern), else the layers from
+    `max_window_layers` on slide when `use_sliding_window`; the window is `sliding_window`
+    only when `use_sliding_window` (HF sets it to None otherwise)."""
 
     vocab_size: int = 151936
     head_dim: int | None = 128
     max_position_embeddings: int = 32768
-    sliding_window: int | None = None
+    sliding_window: int | None = 4096
     max_window_layers: int = 28
     use_sliding_window: bool = False
+    layer_types: tuple[str, ...] | None = None
 
     model_type = "qwen3"
     architecture = "Qwen3ForCausalLM"
     qk_norm = "head"
-    passthrough = ("use_cache", "layer_types")
 
-    @classmethod
-    def refuse(cls, hf: dict[str, Any]) -> None:
-        sliding = [t for t in hf.get("layer_types") or () if t != "full_attention"]
-        if hf.get("use_sliding_window") or sliding:
-            raise ValueError("use_sliding_window / sliding_attention layer_types: Qwen3's sliding-window "
-                             "layers are not supported yet (every layer here attends to the whole context)")
+    def __post_init__(self):
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        super().__post_init__()
 
-    def to_hf_config(self) -> dict[str, Any]:
-        return {**super().to_hf_config(), "layer_types": ["full_attention"] * self.num_hidden_layers}
+    def layer_kinds(self) -> tuple[str, ...]:
+        if self.layer_types is not None:
+            return self.layer_types
+        window = self.window(SLIDING)
+        return tuple(SLIDING if window is not None and i >= self.max_window_layers else FULL
+                     for i in range(self.num_hidden_layers))
+
+    def window(self, kind: str) -> int | None:
+        return self.sliding_window if kind == SLIDING and self.use_sliding_window else None

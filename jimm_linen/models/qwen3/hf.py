@@ -1,9 +1,5 @@
-"""HF `Qwen3ForCausalLM` <-> jimm `Qwen3` key table (Llama's names, plus q_norm / k_norm)."""
+"""HF `Qwen3ForCausalLM` <-> jimm `Qwen3` key table: Llama's names (q_norm / k_norm included)."""
 
-from jimm_linen.models.causal_lm import hf_keymap
-from jimm_linen.models.llama.hf import NORMS
-from jimm_linen.models.qwen3.config import Qwen3Config
+from jimm_linen.models.llama.hf import keymap
 
-
-def keymap(config: Qwen3Config):
-    return hf_keymap(config, NORMS)
+__all__ = ["keymap"]

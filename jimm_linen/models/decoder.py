@@ -1,0 +1,358 @@
+"""The decoder shell every causal LM family runs: the config fields HF's decoder configs share
+(and the rule for the fields they do not), and the model: token embedding -> stacked blocks ->
+final norm -> logits. A family writes its block (`models/<family>/model.py`) and overrides the
+shell's named hooks where it differs: `embed` (a scale, a learned position table), `rotary`
+(RoPE per attention kind), `final_norm`, `logits` (tied or not, a soft-cap).
+
+The model contract (what generation and training rely on, never a family):
+`apply(variables, input_ids, attention_mask=None, positions=None, cache=None)` returns float32
+logits `[B, T, V]`, or `(logits, cache)` when a cache was given; `return_hidden_states=True`
+returns a `CausalLMOutput` (with `aux`, the blocks' per-layer auxiliary outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jimm_linen.activations import get_activation
+from jimm_linen.config_utils import HF_GENERIC_FIELDS
+from jimm_linen.layers import DenseGeneral, stack
+from jimm_linen.layers.block_inputs import FULL, SLIDING, Out, Own, Shared
+from jimm_linen.layers.embed import Embed
+from jimm_linen.layers.kv_cache import KVCache
+from jimm_linen.layers.linear import default_kernel_init
+from jimm_linen.layers.norm import RMSNorm
+from jimm_linen.layers.rope import Rope, rotary_embedding
+from jimm_linen.layers.stack import Stacked
+from jimm_linen.models.base import Model
+from jimm_linen.outputs import CausalLMOutput
+from jimm_linen.partitioning import constrain
+
+ACT_EMBED = ("act_batch", "act_length", "act_embed")
+LAYER_KINDS = (FULL, SLIDING)
+
+
+# --- config -------------------------------------------------------------------------------
+
+def hf_config_class(model_type: str):
+    import transformers
+
+    return transformers.CONFIG_MAPPING[model_type]
+
+
+@functools.cache
+def hf_defaults(model_type: str) -> dict[str, Any]:
+    """The fields HF's config class for `model_type` defines, with their defaults."""
+    out = {}
+    for f in dataclasses.fields(hf_config_class(model_type)):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = None
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLMConfig:
+    """The fields HF's decoder configs share (HF's names and meanings). A family subclass sets
+    `model_type`, `architecture`, its block's variant (`qk_norm`, `norm_order`) and adds its own
+    fields. `generation` holds the checkpoint's `generation_config.json`; `kept` every other
+    `config.json` field, written back as read (see `from_hf_config` for which are allowed)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    rope: Rope = Rope()
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    generation: tuple[tuple[str, Any], ...] = ()
+    kept: tuple[tuple[str, str], ...] = ()
+
+    model_type: ClassVar[str] = ""
+    architecture: ClassVar[str] = ""
+    qk_norm: ClassVar[str | None] = None
+    norm_order: ClassVar[str] = "cast_then_scale"
+    mlp_bias: ClassVar[bool] = False
+    # Fields of ours that the family's HF modeling code never reads (HF hard-codes the value).
+    hf_unread: ClassVar[tuple[str, ...]] = ()
+    # Fields HF defines that no forward pass reads (HF's runtime and bookkeeping switches).
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"use_cache", "dtype", "torch_dtype",
+                                                          "transformers_version"})
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                                 f"{self.num_attention_heads}; give head_dim explicitly")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_key_value_heads {self.num_key_value_heads} does not divide "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for the rotary embedding")
+        get_activation(self.hidden_act)
+        kinds = self.layer_kinds()
+        if len(kinds) != self.num_hidden_layers or set(kinds) - set(LAYER_KINDS):
+            raise ValueError(f"layer_types must give one of {LAYER_KINDS} for each of the {self.num_hidden_layers} "
+                             f"layers, got {list(kinds)}")
+        if SLIDING in kinds and not self.window(SLIDING):
+            raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
+
+    # Per-layer attention: a family with sliding windows overrides these two.
+    def layer_kinds(self) -> tuple[str, ...]:
+        """Each layer's attention kind, HF's `layer_types` spelling."""
+        return (FULL,) * self.num_hidden_layers
+
+    def window(self, kind: str) -> int | None:
+        return getattr(self, "sliding_window", None) if kind == SLIDING else None
+
+    def rope_for(self, kind: str) -> Rope:
+        """The rotary embedding of layers of `kind` (one for all unless a family says otherwise)."""
+        return self.rope
+
+    @property
+    def extrapolates(self) -> bool:
+        """Whether positions past `max_position_embeddings` are meant to work (dynamic RoPE)."""
+        return any(self.rope_for(k).rope_type == "dynamic" for k in set(self.layer_kinds()))
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        eos = dict(self.generation).get("eos_token_id", self.eos_token_id)
+        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+
+    def dummy_inputs(self) -> tuple:
+        return (np.zeros((1, 4), np.int32),)
+
+    @classmethod
+    def _own_fields(cls) -> tuple[str, ...]:
+        """The fields read from and written to `config.json` (not those the family's HF modeling
+        code never reads, `hf_unread`: a value there is kept, ours stays the default)."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if f.name not in ("rope", "generation", "kept", *cls.hf_unread))
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any]) -> CausalLMConfig:
+        """From a `config.json` dict, as HF reads it. Our fields are read; the rope from
+        `rope_parameters` or `rope_theta` + `rope_scaling` (both present: `rope_scaling` wins, as
+        in transformers). Every other field is kept and written back, and must not change HF's
+        computation: one neither HF's config class for this `model_type` nor its modeling code
+        reads cannot (our fields are what the modeling code reads, `getattr` fallbacks such as
+        OLMo 2's `head_dim` included); one the class defines must hold HF's default unless it is a
+        runtime switch (`use_cache`, `dtype`, ...).
+        A field whose value asks for what we do not implement is an error naming it."""
+        hf = {k: v for k, v in hf.items() if k not in ("model_type", "architectures")}
+        cls.refuse(hf)
+        rope = Rope.from_hf(hf)
+        own = {k: hf.pop(k) for k in cls._own_fields() if k in hf}
+        defaults = hf_defaults(cls.model_type)
+        if hf.get("pruned_heads"):
+            raise ValueError(f"pruned_heads {hf['pruned_heads']} is not supported")
+        unsupported = sorted(k for k, v in hf.items() if k in defaults and k not in cls.runtime_fields
+                             and k not in HF_GENERIC_FIELDS and v != defaults[k])
+        if unsupported:
+            raise ValueError(f"config field(s) {', '.join(f'{k}={hf[k]!r}' for k in unsupported)} of "
+                             f"model_type {cls.model_type!r}: only HF's defaults "
+                             f"({', '.join(f'{k}={defaults[k]!r}' for k in unsupported)}) are implemented")
+        kept = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in hf.items()))
+        return cls(rope=rope, kept=kept, **own)
+
+    @classmethod
+    def refuse(cls, hf: dict[str, Any]) -> None:
+        """A family raises here for HF fields whose value asks for what it does not implement
+        (e.g. Llama's `pretraining_tp > 1`)."""
+
+    def to_hf_config(self) -> dict[str, Any]:
+        hf = {k: json.loads(v) for k, v in self.kept}
+        hf.update({k: getattr(self, k) for k in self._own_fields()})
+        if isinstance(hf["eos_token_id"], tuple):
+            hf["eos_token_id"] = list(hf["eos_token_id"])
+        return {**hf, **self.rope.to_hf(), "model_type": self.model_type, "architectures": [self.architecture]}
+
+
+# --- the shell ------------------------------------------------------------------------------
+
+def check_token_ids(input_ids, vocab_size: int) -> None:
+    """Shape and dtype always; the id range when the ids are concrete (not inside `jit`)."""
+    if getattr(input_ids, "ndim", None) != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {getattr(input_ids, 'shape', None)}")
+    if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+        raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if not isinstance(input_ids, jax.core.Tracer) and input_ids.size:
+        ids = np.asarray(input_ids)
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"token ids must lie in [0, {vocab_size}) (the vocabulary); got ids from {lo} to {hi}")
+
+
+def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """HF's `position_ids` for a left-padded batch: the count of real tokens before each one
+    (padding gets 1, as `generate` fills it; it is never attended to)."""
+    pos = offset + jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1
+    return jnp.where(mask, pos, 1)
+
+
+class DecoderBlock(nn.Module):
+    """Base of a family's block: `__call__(x, shared: Shared, own: Own) -> (x, Out)`."""
+
+    config: Any
+    attention_fn: Any = None
+    collect: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    @property
+    def kernel_init(self):
+        return default_kernel_init(self.config.initializer_range)
+
+    def out(self, x, keys=None, values=None, **aux) -> tuple[jax.Array, Out]:
+        x = constrain(x, ACT_EMBED)
+        return x, Out(keys, values, x if self.collect else None, aux)
+
+
+class Decoder(Stacked):
+    """The stacked blocks (`layers`, see `layers.stack`) and the final norm `decoder_norm`."""
+
+    block: Any = None
+    final_norm: Any = None
+
+    @nn.compact
+    def __call__(self, x, shared: Shared, own: Own, collect: bool):
+        blocks = stack(self.block, length=self.config.num_hidden_layers, name="layers", scan=self.scan,
+                       remat=self.remat_policy, config=self.config, attention_fn=self.attention_fn,
+                       collect=collect, dtype=self.dtype, param_dtype=self.param_dtype)
+        x, out = blocks(x, shared, own)
+        return self.final_norm(name="decoder_norm")(x), out
+
+
+class CausalLM(Model):
+    """A decoder-only LM: `token_embedder` -> `decoder` (blocks of type `block`, final norm)
+    -> `logits_dense` (or the embedding table when `tie_word_embeddings`)."""
+
+    dtype: Any = jnp.float32
+    block: ClassVar[type[nn.Module]] = DecoderBlock
+
+    # --- hooks ---
+    def final_norm(self) -> functools.partial:
+        """The final norm's module, to be called with `name=`."""
+        cfg = self.config
+        return functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.norm_order, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+
+    def embed(self, input_ids, positions):
+        return self.token_embedder(input_ids)
+
+    def rotary(self, positions, kinds: tuple[str, ...]) -> tuple:
+        """`(cos, sin)` per attention kind (computed once per distinct rope)."""
+        cfg, tables = self.config, {}
+        for kind in kinds:
+            rope = cfg.rope_for(kind)
+            if rope not in tables:
+                tables[rope] = rotary_embedding(rope, positions, cfg.head_dim, cfg.max_position_embeddings)
+        return tuple(tables[cfg.rope_for(k)] for k in kinds)
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Float32 logits of final hidden states (training computes them a chunk at a time)."""
+        if self.config.tie_word_embeddings:
+            out = self.token_embedder.attend(h)
+        else:
+            out = self.logits_dense(h)
+        return constrain(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+
+    def aux_loss(self, aux: dict, attention_mask) -> jax.Array | None:
+        """The training loss's auxiliary term from the blocks' `aux` outputs (MoE load
+        balancing), already weighted; None when the family has none."""
+        return None
+
+    # --- the model ---
+    def setup(self):
+        cfg = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.token_embedder = Embed(cfg.vocab_size, cfg.hidden_size,
+                                    embedding_init=nn.initializers.normal(cfg.initializer_range), **kw)
+        self.decoder = Decoder(cfg, block=self.block, final_norm=self.final_norm(), **self.runtime())
+        if not cfg.tie_word_embeddings:
+            self.logits_dense = DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False,
+                                             kernel_init=default_kernel_init(cfg.initializer_range), **kw)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
+                 train: bool = False, return_hidden_states: bool = False):
+        h, per_layer, cache, aux = self.hidden(input_ids, attention_mask, positions, cache, train,
+                                               return_hidden_states)
+        logits = self.logits(h)
+        if return_hidden_states:
+            return CausalLMOutput(logits=logits, last_hidden_state=h, hidden_states=per_layer, cache=cache, aux=aux)
+        return logits if cache is None else (logits, cache)
+
+    def hidden(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
+               train: bool = False, collect: bool = False):
+        """`(final normed hidden states, per-layer states or None, cache or None, aux)`."""
+        cfg = self.config
+        check_token_ids(input_ids, cfg.vocab_size)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        if attention_mask.shape != (b, t):
+            raise ValueError(f"attention_mask has shape {attention_mask.shape}, input_ids {input_ids.shape}: "
+                             f"they must match")
+        attention_mask = attention_mask.astype(bool)
+        layer_types = cfg.layer_kinds()
+        kinds = tuple(dict.fromkeys(layer_types))
+        own = Own(kind=np.asarray([kinds.index(k) for k in layer_types], np.int32))
+        if cache is None:
+            positions = positions_from_mask(attention_mask) if positions is None else positions
+            key_valid, index, fresh = attention_mask, None, True
+        else:
+            cache.check_fits(t)
+            if positions is None:
+                positions = positions_from_mask(attention_mask, cache.mask.sum(-1, keepdims=True, dtype=jnp.int32))
+            key_valid, index, fresh = cache.written_mask(attention_mask), cache.index, cache.empty
+            own = own.replace(keys=cache.keys, values=cache.values)
+            if fresh:  # the prefill attends over its own keys: their validity is the prompt's
+                key_valid = attention_mask
+        shared = Shared(positions=positions, key_valid=key_valid, rotary=self.rotary(positions, kinds), index=index,
+                        kinds=kinds, windows=tuple(cfg.window(k) for k in kinds), deterministic=not train,
+                        fresh=fresh)
+        x = constrain(self.embed(input_ids, positions), ACT_EMBED)
+        h, out = self.decoder(x, shared, own, collect)
+        if cache is not None:
+            cache = cache.advance(out.keys, out.values, cache.written_mask(attention_mask), t)
+        per_layer = None
+        if collect:  # HF's hidden_states: the embeddings, each block's output, the last one normed
+            per_layer = (x, *list(out.hidden)[:-1], h)
+        return h, per_layer, cache, out.aux
+
+    def init_cache(self, batch: int, length: int, dtype: Any = None) -> KVCache:
+        """An empty cache for `batch` rows of up to `length` tokens (prompt + generated)."""
+        cfg = self.config
+        return KVCache.zeros(cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim,
+                             dtype or self.dtype)

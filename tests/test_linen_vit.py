@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+import jimm_linen
 from jimm_linen import ViT, ViTConfig
 from jax.ad_checkpoint import print_saved_residuals
 
 from jimm_linen.layers import loop_to_scan, remat_policy, scan_to_loop, torch_bicubic_matrix
 from jimm_linen.layers.stack import PROJECTION_NAMES
+from jimm_linen.models.base import Model, Tower
+from jimm_linen.models.image_text.model import TextTransformer
 from tests.helpers import TINY, assert_close, max_rel_diff
 
 CFG = ViTConfig(**TINY, layer_norm_eps=1e-6)
@@ -217,3 +220,12 @@ def test_bicubic_matrix_is_pytorch_interpolate(n_in, n_out):
         torch.from_numpy(x)[None, None, None, :].expand(1, 1, 2, n_in), size=(2, n_out),
         mode="bicubic", align_corners=False)[0, 0, 0].numpy()
     np.testing.assert_allclose(torch_bicubic_matrix(n_in, n_out) @ x, expected, rtol=1e-12, atol=1e-12)
+
+
+
+def test_only_the_towers_carry_tower_output():
+    """`tower_output` (the head on pooled features, `TowerOutput`) belongs to the vision models'
+    towers, not to the base every model shares: decoders do not carry it."""
+    for cls in (ViT, jimm_linen.DINOv2, jimm_linen.DINOv3, TextTransformer):
+        assert issubclass(cls, Tower) and hasattr(cls, "tower_output"), cls
+    assert not hasattr(Model, "tower_output") and not hasattr(jimm_linen.CausalLM, "tower_output")

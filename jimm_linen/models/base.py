@@ -1,4 +1,5 @@
-"""What every jimm model takes besides its config, written once."""
+"""What every jimm model takes besides its config, written once (`Model`), and how the
+vision models' towers end (`Tower`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class Model(Stacked):
     unless told otherwise)."""
 
     dtype: Any = jnp.float32
+
+
+class Tower(Model):
+    """A vision model's tower (ViT, DINO, CLIP / SigLIP's image and text towers): pooled
+    features, an optional head on them, and `TowerOutput`. Decoders are `Model`s without it."""
 
     def tower_output(self, pooled, encoded, hidden_states, *, head: int, head_bias: bool, init,
                      return_hidden_states: bool):

@@ -14,14 +14,14 @@ from jimm_linen.layers import Encoder, PatchEmbedding, check_images
 from jimm_linen.layers.embed import position_embedding
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.rope import patch_centers, patch_rope
-from jimm_linen.models.base import Model
+from jimm_linen.models.base import Tower
 from jimm_linen.models.dino.config import DINOv2Config, DINOv3Config
 from jimm_linen.partitioning import constrain
 
 ACT_EMBED = ("act_batch", "act_length", "act_embed")
 
 
-class _DINO(Model):
+class _DINO(Tower):
     """The pieces both DINO versions share, called from their `__call__`."""
 
     def _token_param(self, name: str, n: int, init) -> jax.Array:

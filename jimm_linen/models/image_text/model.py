@@ -18,7 +18,7 @@ import numpy as np
 from jimm_linen.layers import Encoder
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.models.image_text.config import CLIPConfig, SigLIPConfig, TextConfig
-from jimm_linen.models.base import Model
+from jimm_linen.models.base import Model, Tower
 from jimm_linen.models.image_text.losses import contrastive_loss, sigmoid_loss
 from jimm_linen.models.vit.model import ViT
 from jimm_linen.outputs import ImageTextOutput
@@ -45,7 +45,7 @@ def check_text(input_ids, attention_mask, config: TextConfig) -> None:
                              f"got values in [{ids.min()}, {ids.max()}]")
 
 
-class TextTransformer(Model):
+class TextTransformer(Tower):
     """CLIP-style text encoder: token + learned position embeddings, pre-LN blocks (causal or
     not), final LayerNorm (`Encoder_0/encoder_norm`), pooling and an optional `head`.
 

@@ -11,12 +11,12 @@ from jimm_linen.layers import (
 )
 from jimm_linen.layers.embed import position_embedding
 from jimm_linen.layers.linear import default_kernel_init
-from jimm_linen.models.base import Model
+from jimm_linen.models.base import Tower
 from jimm_linen.models.vit.config import ViTConfig
 from jimm_linen.partitioning import constrain
 
 
-class ViT(Model):
+class ViT(Tower):
     """Vision Transformer on NHWC float images: `apply(variables, images)` returns logits (with a
     head) or pooled features."""
 

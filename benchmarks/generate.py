@@ -60,7 +60,7 @@ def build_checkpoint(out_dir: str | Path, seed: int = 0, **config):
     import torch
     import transformers
 
-    from jimm_linen.parity import perturb_
+    from jimm_nnx.reference import perturb_
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -99,7 +99,7 @@ def _run_worker(spec: dict, tmp: Path, timeout: int) -> dict:
 def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
     import numpy as np
 
-    from jimm_linen.parity import build_reference, build_vit_reference, random_images, random_text
+    from jimm_nnx.reference import build_reference, build_vit_reference, random_images, random_text
 
     if w.model == "clip":  # a CLIPModel, NCHW images and (input_ids, attention_mask) for as many texts
         model = build_reference("clip", dict(w.hf_config), directory / "ckpt", seed=seed)

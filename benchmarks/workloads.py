@@ -19,7 +19,7 @@ VIT_L16 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, i
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             image_size=32, patch_size=8, num_labels=10)
 # CLIPModel configs (HF `CLIPConfig` kwargs). CLIP_B32 spells out transformers' CLIPConfig
-# defaults (= jimm_linen.parity.CLIP_B32 = openai/clip-vit-base-patch32's sizes) so that the
+# defaults (= jimm_nnx.reference.CLIP_B32 = openai/clip-vit-base-patch32's sizes) so that the
 # FLOP count and the recorded config can read them.
 CLIP_B32 = dict(
     projection_dim=512,

@@ -8,21 +8,24 @@ from jimm_linen.models.image_text import (
 )
 from jimm_linen.layers.kv_cache import KVCache
 from jimm_linen.models.decoder import CausalLM, CausalLMConfig
-from jimm_linen.models.llama import Llama, LlamaConfig
-from jimm_linen.models.olmo2 import Olmo2, Olmo2Config
-from jimm_linen.models.qwen3 import Qwen3, Qwen3Config
 from jimm_linen.models.vit import TowerOutput, ViT, ViTConfig
 from jimm_linen.outputs import CausalLMOutput, GenerationOutput
 
 __all__ = ["CLIP", "CLIPConfig", "CausalLM", "CausalLMConfig", "CausalLMOutput", "DINOv2", "DINOv2Config", "DINOv3",
-           "DINOv3Config", "GenerationOutput", "ImageTextOutput", "KVCache", "Llama", "LlamaConfig", "Olmo2",
-           "Olmo2Config", "Qwen3", "Qwen3Config", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
+           "DINOv3Config", "GenerationOutput", "ImageTextOutput", "KVCache", "SigLIP", "SigLIPConfig", "TextConfig", "TextTransformer",
            "TowerOutput", "ViT", "ViTConfig", "contrastive_loss", "dot_product_attention", "make_tokamax_attention",
            "sigmoid_loss"]
 
 from jimm_linen.pretrained import from_pretrained, save_pretrained  # noqa: E402
+from jimm_linen.registry import decoders as _decoders  # noqa: E402
 
 __all__ += ["from_pretrained", "save_pretrained"]
+
+# Every decoder family's module and config (Llama, LlamaConfig, ...), from the registry.
+for _fam in _decoders().values():
+    for _cls in (_fam.module_cls, _fam.config_cls):
+        globals()[_cls.__name__] = _cls
+        __all__.append(_cls.__name__)
 
 # HF processors for inputs (load_processor, prepare, to_model_inputs) and zero-shot classification.
 from jimm_linen import preprocess  # noqa: E402,F401

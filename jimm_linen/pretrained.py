@@ -18,58 +18,10 @@ from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import engine
 from jimm_linen.layers import scan_to_loop
 from jimm_linen.models.decoder import CausalLMConfig
-from jimm_linen.models.dino import DINOv2, DINOv2Config, DINOv3, DINOv3Config
-from jimm_linen.models.dino import hf as dino_hf
-from jimm_linen.models.image_text import CLIP, CLIPConfig, SigLIP, SigLIPConfig, TextTransformer, tower_module
-from jimm_linen.models.image_text.config import tower_from_hf_config, tower_model_type, tower_to_hf_config
-from jimm_linen.models.image_text import hf as clip_hf
-from jimm_linen.models.llama import Llama, LlamaConfig
-from jimm_linen.models.llama import hf as llama_hf
-from jimm_linen.models.olmo2 import Olmo2, Olmo2Config
-from jimm_linen.models.olmo2 import hf as olmo2_hf
-from jimm_linen.models.qwen3 import Qwen3, Qwen3Config
-from jimm_linen.models.qwen3 import hf as qwen3_hf
-from jimm_linen.models.vit import ViT, ViTConfig
-from jimm_linen.models.vit import hf as vit_hf
+from jimm_linen.models.image_text import CLIP, SigLIP, tower_module
+from jimm_linen.registry import Family, families
 
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """What the generic loader needs to know about one model family (one HF `model_type`)."""
-
-    module_cls: type[nn.Module]
-    keymap: Callable[[Any], ckpt.KeyMap]
-    from_hf: Callable[[dict], Any]  # config.json dict -> our config
-    to_hf: Callable[[Any], dict] = lambda config: config.to_hf_config()
-    # (config, checkpoint keys) -> config: what config.json leaves out but the weights show.
-    adapt_config: Callable[[Any, Any], Any] = lambda config, keys: config
-    # Which configs of `module_cls` this family writes (a ViT may be an HF ViT or a CLIP tower).
-    owns: Callable[[Any], bool] = lambda config: True
-
-
-def _tower(model_type: str, module_cls, keymap) -> Family:
-    return Family(module_cls, keymap, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config,
-                  owns=lambda config: tower_model_type(config) == model_type)
-
-
-FAMILIES: dict[str, Family] = {
-    "vit": Family(ViT, vit_hf.keymap, ViTConfig.from_hf_config,
-                  adapt_config=vit_hf.adapt_config, owns=lambda c: not c.pre_norm and c.pooling != "map"),
-    "clip": Family(CLIP, clip_hf.clip_keymap, CLIPConfig.from_hf_config),
-    "siglip": Family(SigLIP, clip_hf.siglip_keymap, SigLIPConfig.from_hf_config),
-    "clip_vision_model": _tower("clip_vision_model", ViT, clip_hf.clip_vision_keymap),
-    "clip_text_model": _tower("clip_text_model", TextTransformer, clip_hf.clip_text_keymap),
-    "siglip_vision_model": _tower("siglip_vision_model", ViT, clip_hf.siglip_vision_keymap),
-    "siglip_text_model": _tower("siglip_text_model", TextTransformer, clip_hf.siglip_text_keymap),
-    "llama": Family(Llama, llama_hf.keymap, LlamaConfig.from_hf_config),
-    "qwen3": Family(Qwen3, qwen3_hf.keymap, Qwen3Config.from_hf_config),
-    "olmo2": Family(Olmo2, olmo2_hf.keymap, Olmo2Config.from_hf_config),
-    "dinov2": Family(DINOv2, dino_hf.dinov2_keymap, DINOv2Config.from_hf_config,
-                     owns=lambda c: c.model_type == "dinov2"),
-    "dinov2_with_registers": Family(DINOv2, dino_hf.dinov2_keymap, DINOv2Config.from_hf_config,
-                                    owns=lambda c: c.model_type == "dinov2_with_registers"),
-    "dinov3_vit": Family(DINOv3, dino_hf.dinov3_keymap, DINOv3Config.from_hf_config),
-}
+FAMILIES: dict[str, Family] = families()
 
 
 def family_of(model: nn.Module) -> Family:
@@ -219,7 +171,7 @@ def _one_tower(directory: Path, fam: Family, model: nn.Module, keymap: ckpt.KeyM
     if isinstance(model, (CLIP, SigLIP)):
         key, module = tower_module(model, tower)
         return module, keymap.subtree(f"{key}/")
-    model_type = next(name for name, f in FAMILIES.items() if f is fam)
+    model_type = fam.model_type
     if model_type.endswith(f"_{tower}_model"):
         return model, keymap
     raise ValueError(f"tower={tower!r}: {directory} holds a {model_type} checkpoint, which has no {tower} tower")

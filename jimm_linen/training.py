@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jimm_linen import partitioning as pt
-from jimm_linen.models.causal_lm import check_token_ids
+from jimm_linen.models.decoder import check_token_ids
 
 # Positions per chunk of the LM head: [B, 512, V] float32 logits at a time (for a 128k vocabulary
 # and batch 8, 2 GiB) instead of the whole sequence's.
@@ -115,22 +115,40 @@ def chunked_cross_entropy(module: nn.Module, variables: Mapping[str, Any], hidde
     return total, jnp.sum(weights)
 
 
+def loss_and_metrics(module: nn.Module, variables: Mapping[str, Any], input_ids: jax.Array,
+                     attention_mask: jax.Array | None = None, *, loss_mask: jax.Array | None = None,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE, train: bool = False,
+                     rngs: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`(loss, metrics)`: the mean next-token cross-entropy plus the family's auxiliary loss
+    (`module.aux_loss` of the blocks' per-layer `aux` outputs, already weighted, e.g. MoE load
+    balancing; none for dense families), and `{"cross_entropy", "num_tokens"[, "aux_loss"]}`."""
+    _check_chunk_size(chunk_size)  # before the forward pass
+    targets, weights = next_token_weights(input_ids, attention_mask, loss_mask)
+    h, _, _, aux = module.apply(variables, input_ids, attention_mask, None, None, train, method="hidden",
+                                rngs=rngs or {})
+    total, count = chunked_cross_entropy(module, variables, h[:, :-1], targets, weights, chunk_size)
+    ce = total / jnp.maximum(count, 1.0)
+    metrics = {"cross_entropy": ce, "num_tokens": count}
+    extra = module.apply(variables, aux, attention_mask, method="aux_loss")
+    if extra is None:
+        return ce, metrics
+    return ce + extra, {**metrics, "aux_loss": extra}
+
+
 def next_token_loss(module: nn.Module, variables: Mapping[str, Any], input_ids: jax.Array,
                     attention_mask: jax.Array | None = None, *, loss_mask: jax.Array | None = None,
                     chunk_size: int = DEFAULT_CHUNK_SIZE, train: bool = False,
                     rngs: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
-    """`(mean next-token cross-entropy, number of target tokens)` of a `jimm_linen.CausalLM`.
+    """`(loss, number of target tokens)` of a `jimm_linen.CausalLM`: the mean next-token
+    cross-entropy (plus the family's auxiliary loss, see `loss_and_metrics`).
 
     Targets and their weights are `next_token_weights(input_ids, attention_mask, loss_mask)`;
     the mean is over counted targets (0 when there are none). On an unpadded batch this is HF's
     `model(input_ids, labels=input_ids).loss`. `train=True` runs dropout with `rngs`
     (`{"dropout": key}`)."""
-    _check_chunk_size(chunk_size)  # before the forward pass
-    targets, weights = next_token_weights(input_ids, attention_mask, loss_mask)
-    h, _, _ = module.apply(variables, input_ids, attention_mask, None, None, train, method="hidden",
-                           rngs=rngs or {})
-    total, count = chunked_cross_entropy(module, variables, h[:, :-1], targets, weights, chunk_size)
-    return total / jnp.maximum(count, 1.0), count
+    loss, metrics = loss_and_metrics(module, variables, input_ids, attention_mask, loss_mask=loss_mask,
+                                     chunk_size=chunk_size, train=train, rngs=rngs)
+    return loss, metrics["num_tokens"]
 
 
 # --- train state and step -----------------------------------------------------------------------
@@ -269,14 +287,14 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
 
     def update(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array | None):
         def loss_fn(params):
-            return next_token_loss(module, {"params": params}, batch["input_ids"], batch.get("attention_mask"),
-                                   loss_mask=batch.get("loss_mask"), chunk_size=chunk_size, train=rng is not None,
-                                   rngs=None if rng is None else {"dropout": rng})
+            return loss_and_metrics(module, {"params": params}, batch["input_ids"], batch.get("attention_mask"),
+                                    loss_mask=batch.get("loss_mask"), chunk_size=chunk_size, train=rng is not None,
+                                    rngs=None if rng is None else {"dropout": rng})
 
-        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "num_tokens": count, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     jitted = jax.jit(update, in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None),

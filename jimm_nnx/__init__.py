@@ -15,7 +15,7 @@ from jimm_nnx.models import (
     CLIP, CLIPTextModel, CLIPVisionModel, DINOv2Model, DINOv3Model, PretrainedModel, SigLIP, SigLIPTextModel,
     SigLIPVisionModel, VisionTransformer,
 )
-from jimm_nnx.causal_lm import CausalLM, Llama, Olmo2, Qwen3
+from jimm_nnx.causal_lm import FAMILY_CLASSES, CausalLM
 from jimm_nnx.sharding import (
     CLIPSharding, DINOv2Sharding, DINOv3Sharding, NoSharding, Sharding, ShardingSpec, SigLIPSharding, ViTSharding,
 )
@@ -23,8 +23,12 @@ from jimm_nnx.training import make_train_step, set_train_state, train_state
 
 __all__ = [
     "AutotuningResult", "CLIP", "CLIPSharding", "CLIPTextModel", "CLIPVisionModel", "CausalLM", "DINOv2Model",
-    "DINOv2Sharding", "DINOv3Model", "DINOv3Sharding", "Llama", "NoSharding", "Olmo2", "PretrainedModel", "Qwen3",
+    "DINOv2Sharding", "DINOv3Model", "DINOv3Sharding", "NoSharding", "PretrainedModel",
     "Sharding", "ShardingSpec", "SigLIP", "SigLIPSharding", "SigLIPTextModel", "SigLIPVisionModel", "ViTSharding",
     "VisionTransformer", "autotune", "autotuned_fn", "cached_autotune", "load_autotune_result",
     "make_tokamax_attention", "make_train_step", "set_train_state", "tokamax_attention", "train_state",
 ]
+
+# Every decoder family's class (Llama, Qwen3, Olmo2, ...), from jimm_linen's registry.
+globals().update({cls.__name__: cls for cls in FAMILY_CLASSES.values()})
+__all__ += [cls.__name__ for cls in FAMILY_CLASSES.values()]

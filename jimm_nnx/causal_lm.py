@@ -1,6 +1,6 @@
 """Decoder LMs with the `jimm` NNX surface: `CausalLM.from_pretrained(path)` picks the family
-from `config.json`; `Llama`, `Qwen3`, `Olmo2` are the families' own classes. The model math is
-`jimm_linen`'s (through `bridge`)."""
+from `config.json`; each registered family gets its own class (`Llama`, `Qwen3`, `Olmo2`, ...,
+built from `jimm_linen.registry`). The model math is `jimm_linen`'s (through `bridge`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import numpy as np
 
 import bridge
 from jimm_linen import generation
-from jimm_linen.models import causal_lm as linen_lm
+from jimm_linen.layers.kv_cache import KVCache
+from jimm_linen.models import decoder as linen_lm
 from jimm_linen.outputs import GenerationOutput
-from jimm_linen.models.llama import Llama as LinenLlama, LlamaConfig
-from jimm_linen.models.olmo2 import Olmo2 as LinenOlmo2, Olmo2Config
-from jimm_linen.models.qwen3 import Qwen3 as LinenQwen3, Qwen3Config
-from jimm_linen.pretrained import FAMILIES
+from jimm_linen.registry import decoders
 from jimm_nnx.models import PretrainedModel, RngsArg
 
 
@@ -33,15 +31,15 @@ class CausalLM(PretrainedModel):
 
     @classmethod
     def _module_cls(cls, config) -> type:
-        return LINEN_CLASSES[type(config)]
+        return next(f.module_cls for f in decoders().values() if type(config) is f.config_cls)
 
     @classmethod
     def _from_hf(cls, hf: dict[str, Any]):
         model_type = hf.get("model_type")
-        family = FAMILIES.get(model_type)
+        family = decoders().get(model_type)
         if family is None or not issubclass(family.module_cls, cls.linen_cls):
-            decoders = sorted(k for k, f in FAMILIES.items() if issubclass(f.module_cls, cls.linen_cls))
-            raise ValueError(f"model_type {model_type!r} is not a {cls.__name__} family; supported: {decoders}")
+            known = sorted(k for k, f in decoders().items() if issubclass(f.module_cls, cls.linen_cls))
+            raise ValueError(f"model_type {model_type!r} is not a {cls.__name__} family; supported: {known}")
         return family.from_hf(hf)
 
     @classmethod
@@ -49,7 +47,7 @@ class CausalLM(PretrainedModel):
         return isinstance(config, cls.config_cls)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, positions=None,
-                 cache: linen_lm.KVCache | None = None, train: bool = False, return_hidden_states: bool = False,
+                 cache: KVCache | None = None, train: bool = False, return_hidden_states: bool = False,
                  rngs: RngsArg = None):
         """Logits, `(logits, cache)` with a `cache`, or a `jimm_linen.CausalLMOutput` with
         `return_hidden_states=True`."""
@@ -57,7 +55,7 @@ class CausalLM(PretrainedModel):
         return self._run(input_ids, attention_mask, positions, cache, train=train, rngs=rngs,
                          return_hidden_states=return_hidden_states)
 
-    def init_cache(self, batch: int, length: int, dtype: Any = None) -> linen_lm.KVCache:
+    def init_cache(self, batch: int, length: int, dtype: Any = None) -> KVCache:
         return self.linen_module.init_cache(batch, length, dtype)
 
     def generate(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, max_new_tokens: int,
@@ -75,23 +73,13 @@ class CausalLM(PretrainedModel):
                                  max_new_tokens=max_new_tokens, **settings)
 
 
-# The jimm_linen module of each decoder config (what `CausalLM.from_config` builds).
-LINEN_CLASSES: dict[type, type] = {LlamaConfig: LinenLlama, Qwen3Config: LinenQwen3, Olmo2Config: LinenOlmo2}
+def _family_class(family) -> type:
+    return type(family.nnx_name, (CausalLM,), dict(
+        linen_cls=family.module_cls, config_cls=family.config_cls, model_type=family.model_type,
+        __module__=__name__, __doc__=f"{family.config_cls.architecture} as an `nnx.Module` (see `CausalLM`)."))
 
 
-class Llama(CausalLM):
-    """Llama (2, 3, 3.1, 3.2) as an `nnx.Module`."""
-
-    linen_cls, config_cls, model_type = LinenLlama, LlamaConfig, "llama"
-
-
-class Qwen3(CausalLM):
-    """Qwen3 (dense) as an `nnx.Module`."""
-
-    linen_cls, config_cls, model_type = LinenQwen3, Qwen3Config, "qwen3"
-
-
-class Olmo2(CausalLM):
-    """OLMo 2 as an `nnx.Module`."""
-
-    linen_cls, config_cls, model_type = LinenOlmo2, Olmo2Config, "olmo2"
+# One class per registered decoder family.
+FAMILY_CLASSES: dict[str, type] = {f.model_type: _family_class(f) for f in decoders().values()}
+globals().update({cls.__name__: cls for cls in FAMILY_CLASSES.values()})
+__all__ = ["CausalLM", "FAMILY_CLASSES", *(cls.__name__ for cls in FAMILY_CLASSES.values())]

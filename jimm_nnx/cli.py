@@ -27,7 +27,7 @@ def _parity(args) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return 2
-    from jimm_linen import parity
+    from jimm_nnx import reference as parity
     from jimm_nnx.parity import RUNNERS, check
 
     paths = tuple(p for p in args.paths.split(",") if p)
@@ -95,8 +95,9 @@ def _generate(args) -> int:
 
     import jimm_nnx
 
-    from jimm_linen.models.causal_lm import CausalLM, CausalLMConfig
-    from jimm_linen.pretrained import FAMILIES, read_config
+    from jimm_linen.models.decoder import CausalLMConfig
+    from jimm_linen.pretrained import read_config
+    from jimm_linen.registry import decoders
 
     try:
         _, config = read_config(args.checkpoint)
@@ -104,9 +105,8 @@ def _generate(args) -> int:
         print(f"{args.checkpoint}: {e}", file=sys.stderr)
         return 2
     if not isinstance(config, CausalLMConfig):
-        decoders = sorted(k for k, f in FAMILIES.items() if issubclass(f.module_cls, CausalLM))
         print(f"{args.checkpoint}: a {type(config).__name__} checkpoint, not a decoder LM (jimm generate runs "
-              f"{', '.join(decoders)})", file=sys.stderr)
+              f"{', '.join(sorted(decoders()))})", file=sys.stderr)
         return 2
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
     if args.chat:
@@ -149,13 +149,16 @@ def _generate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jimm_linen.registry import decoders
+
+    lms = ", ".join(f.config_cls.architecture.removesuffix("ForCausalLM") for f in decoders().values())
     parser = argparse.ArgumentParser(prog="jimm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("parity", help="compare jimm with HF Transformers' PyTorch models",
                        description="Compare jimm with HF Transformers' PyTorch models: the table on stdout, "
                                    "one line per step on stderr while it works.")
     p.add_argument("checkpoints", nargs="*", type=Path,
-                   help="HF checkpoint directories (ViT, CLIP, SigLIP, DINOv2, DINOv3, Llama, Qwen3, OLMo 2); "
+                   help=f"HF checkpoint directories (ViT, CLIP, SigLIP, DINOv2, DINOv3, {lms}); "
                         "default: small random-weight reference models built here")
     p.add_argument("--paths", default="linen,nnx", help="which jimm faces to check (default: linen,nnx)")
     p.add_argument("--batch", type=int, default=2)
@@ -164,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(default for the embedded models: two patches larger)")
     p.add_argument("--family", default=None,
                    help="which model families the embedded defaults cover, comma-separated (default: all of "
-                        "vit, clip, siglip, dinov2, dinov3, llama, qwen3, olmo2)")
+                        f"vit, clip, siglip, dinov2, dinov3, {', '.join(decoders())})")
     p.add_argument("--full", action="store_true",
                    help="add the full-size configs (ViT-B/16, CLIP ViT-B/32, SigLIP base/16, DINOv2 S/14, DINOv3 S/16; "
-                        "Llama-3.2-1B, Qwen3-0.6B and OLMo-2-1B at their width with 2 layers) to the defaults")
+                        "each decoder family at a real model's width with 2 layers) to the defaults")
     g = sub.add_parser("generate", help="stream text from a decoder checkpoint with its tokenizer",
                        description="Stream the continuation of a prompt to stdout, from an HF decoder checkpoint "
-                                   "directory (Llama, Qwen3, OLMo 2) and its tokenizer; tokens/s on stderr at the end. "
+                                   f"directory ({lms}) and its tokenizer; tokens/s on stderr at the end. "
                                    "Sampling when --temperature > 0, --top-k or --top-p is given; --temperature 0 is "
                                    "greedy; otherwise the checkpoint's generation_config.json decides (greedy "
                                    "without one).")

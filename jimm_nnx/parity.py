@@ -1,4 +1,4 @@
-"""Parity over both of jimm's paths: the NNX runner beside `jimm_linen.parity`'s Linen one, and
+"""Parity over both of jimm's paths: the NNX runner beside `jimm_nnx.reference`'s Linen one, and
 the whole check that `jimm parity` runs (reference models built here, or checkpoint directories,
 each at its own resolution and at another one)."""
 
@@ -10,15 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jimm_linen import parity
-from jimm_linen.parity import ParityResult, Runner, no_progress
-from jimm_nnx.causal_lm import Llama, Olmo2, Qwen3
+from jimm_nnx import reference as parity
+from jimm_nnx.reference import ParityResult, Runner, no_progress
+from jimm_nnx.causal_lm import FAMILY_CLASSES
 from jimm_nnx.models import CLIP, DINOv2Model, DINOv3Model, SigLIP, VisionTransformer
 from jimm_nnx.sharding import NoSharding
 
 CLASSES = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP, "dinov2": DINOv2Model,
-           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model, "llama": Llama, "qwen3": Qwen3,
-           "olmo2": Olmo2}
+           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model, **FAMILY_CLASSES}
 
 
 def load_nnx(directory: Path) -> Callable[..., Any]:
@@ -38,7 +37,7 @@ def check(checkpoints: Sequence[Path] = (), runners: Mapping[str, Runner] = RUNN
           progress: Callable[[str], None] = no_progress) -> list[ParityResult]:
     """HF Transformers against jimm through each of `runners`. With `checkpoints` (HF checkpoint
     directories): each image model at its own resolution, and at `image_size` too when given;
-    each decoder (Llama, Qwen3, OLMo 2) on a left-padded batch. Without: the embedded reference
+    each decoder on a left-padded batch. Without: the embedded reference
     models of `families` (and the full-size ones with `full`), each built here with seeded random
     weights, image models checked at their own resolution and at `image_size` (default: two
     patches larger). `progress` is told each step as a line of text."""
@@ -56,7 +55,7 @@ def check(checkpoints: Sequence[Path] = (), runners: Mapping[str, Runner] = RUNN
             progress(f"building reference {i + 1}/{len(configs)}: {name} ({fam})")
             directory = Path(tmp) / name
             model = parity.build_reference(fam, cfg, directory, seed=i)
-            if fam in parity.DECODER_CLASSES:
+            if fam in parity.DECODERS:
                 results += parity.check_directory(name, directory, runners, batch, progress=progress)
                 continue
             # The same checkpoint at another resolution, through interpolate_pos_encoding.

@@ -34,11 +34,21 @@ def next_token_loss(model: bridge.LinenModule, input_ids: jax.Array, attention_m
     its current parameters, on its placement (Auto or Explicit mesh): `(mean loss, number of
     target tokens)`, differentiable with `nnx.grad` / `nnx.value_and_grad`. `train=True` runs
     dropout from `rngs` (default: the model's own streams)."""
+    loss, metrics = loss_and_metrics(model, input_ids, attention_mask, loss_mask=loss_mask, chunk_size=chunk_size,
+                                     train=train, rngs=rngs)
+    return loss, metrics["num_tokens"]
+
+
+def loss_and_metrics(model: bridge.LinenModule, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                     loss_mask: jax.Array | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     train: bool = False, rngs: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`jimm_linen.training.loss_and_metrics` of a bridged decoder: `(loss, metrics)`, the
+    cross-entropy plus the family's auxiliary loss, and each term."""
     streams = bridge.rng_streams(model.to_nnx__rngs if rngs is None else rngs) if train else {}
-    fn = functools.partial(training.next_token_loss, model.linen_module, chunk_size=chunk_size, train=train)
+    fn = functools.partial(training.loss_and_metrics, model.linen_module, chunk_size=chunk_size, train=train)
     return model.placement.run(lambda v, ids, mask, lmask, r: fn(v, ids, mask, loss_mask=lmask, rngs=r),
                                bridge.to_linen_variables(model), input_ids, attention_mask, loss_mask, streams,
-                               out_specs=(PartitionSpec(), PartitionSpec()))
+                               out_specs=PartitionSpec())
 
 
 def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True, train: bool = False
@@ -57,12 +67,12 @@ def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True
     @nnx.jit(donate_argnums=(0, 1) if donate else ())
     def update(model, optimizer, batch):
         def loss_fn(model):
-            return next_token_loss(model, batch["input_ids"], batch.get("attention_mask"),
-                                   loss_mask=batch.get("loss_mask"), chunk_size=chunk_size, train=train)
+            return loss_and_metrics(model, batch["input_ids"], batch.get("attention_mask"),
+                                    loss_mask=batch.get("loss_mask"), chunk_size=chunk_size, train=train)
 
-        (loss, count), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
-        return {"loss": loss, "num_tokens": count, "grad_norm": optax.global_norm(grads)}
+        return {"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
 
     def step(model, optimizer, batch):
         batch = training.check_batch(batch, model.linen_module.config.vocab_size)

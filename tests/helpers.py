@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from jimm_linen.parity import RTOL
+from jimm_nnx.reference import RTOL
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             image_size=16, patch_size=4, num_labels=5)

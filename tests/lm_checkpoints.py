@@ -19,7 +19,7 @@ def build_llama(directory: Path, seed: int = 0, **overrides):
     import torch
     import transformers
 
-    from jimm_linen import parity
+    from jimm_nnx import reference as parity
 
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA, **overrides})).eval()

@@ -23,7 +23,7 @@ from transformers import ViTConfig as HFViTConfig
 import jimm_linen
 from jimm_linen import big_vision
 from jimm_linen.checkpoint import CheckpointError
-from jimm_linen.parity import perturb_
+from jimm_nnx.reference import perturb_
 from tests.helpers import assert_close, nhwc
 
 SIGLIP_HF = dict(

@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import jimm_linen
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_linen.checkpoint import CheckpointError
 from tests.helpers import TINY, max_rel_diff, nhwc
 

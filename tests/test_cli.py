@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_nnx import cli
 from tests.helpers import TINY
 
@@ -23,22 +23,22 @@ def test_parity_on_embedded_defaults(capsys):
     assert cli.main(["parity"]) == 0
     captured = capsys.readouterr()
     out, err = captured.out, captured.err
-    families = ("vit", "clip", "siglip", "dinov2", "dinov3", "llama", "qwen3", "olmo2")
+    families = ("vit", "clip", "siglip", "dinov2", "dinov3", *parity.DECODERS)
     assert tuple(parity.DEFAULTS) == families
     names = [(family, name) for family in families for name in parity.DEFAULTS[family]]
-    assert len(names) == 18
+    assert len(names) == 11 + sum(len(f.parity) for f in parity.DECODERS.values())
     for i, (family, name) in enumerate(names):
         rows = [row for row in out.splitlines() if row.startswith(f"| {name} ")]
         assert [row.split("|")[2].strip() for row in rows] == ["linen", "nnx"]
         # Image models also run at another resolution; decoders on a left-padded batch.
-        assert (f"| {name}@" in out) == (family not in parity.DECODER_CLASSES)
+        assert (f"| {name}@" in out) == (family not in parity.DECODERS)
         assert f"building reference {i + 1}/{len(names)}: {name} ({family})" in err
     assert "NO" not in out
     assert "building" not in out and "loading through" not in out
 
 
 def test_parity_on_a_decoder_checkpoint_directory(tmp_path, capsys):
-    parity.build_reference("qwen3", parity.QWEN3_CONFIGS["qwen3-gqa-default"], tmp_path, seed=3)
+    parity.build_reference("qwen3", parity.DEFAULTS["qwen3"]["qwen3-gqa-default"], tmp_path, seed=3)
     assert cli.main(["parity", str(tmp_path), "--batch", "3", "--image-size", "24"]) == 0
     table = capsys.readouterr().out.splitlines()
     rows = [[c.strip() for c in row.split("|")[1:-1]] for row in table[2:4]]
@@ -50,7 +50,7 @@ def test_parity_on_a_decoder_checkpoint_directory(tmp_path, capsys):
 
 
 def test_the_greedy_column_compares_with_hf_generate(tmp_path, monkeypatch, capsys):
-    parity.build_reference("llama", parity.LLAMA_CONFIGS["llama-gqa-llama3-bias"], tmp_path, seed=6)
+    parity.build_reference("llama", parity.DEFAULTS["llama"]["llama-gqa-llama3-bias"], tmp_path, seed=6)
     monkeypatch.setattr(parity, "GREEDY_TOKENS", 3)
     assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 0
     row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
@@ -64,7 +64,7 @@ def test_the_greedy_column_compares_with_hf_generate(tmp_path, monkeypatch, caps
 
 
 def test_a_decoder_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
-    parity.build_reference("olmo2", parity.OLMO2_CONFIGS["olmo2-gqa-headdim-bias"], tmp_path, seed=4)
+    parity.build_reference("olmo2", parity.DEFAULTS["olmo2"]["olmo2-gqa-headdim-bias"], tmp_path, seed=4)
     monkeypatch.setattr(parity, "RTOL", 0.0)
     assert cli.main(["parity", str(tmp_path), "--paths", "linen"]) == 1
     captured = capsys.readouterr()

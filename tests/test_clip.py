@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 import jimm_linen
 import jimm_nnx
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_linen import partitioning as pt
 from jimm_linen.checkpoint import CheckpointError
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import jimm_linen
-from jimm_linen.parity import perturb_
+from jimm_nnx.reference import perturb_
 from jimm_linen.preprocess import ModelInputs, is_siglip, load_processor, prepare, text_kwargs, to_model_inputs
 from tests.helpers import assert_close, bound
 

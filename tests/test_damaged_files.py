@@ -14,7 +14,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import jimm_linen
-from jimm_linen import big_vision, parity
+from jimm_linen import big_vision
+from jimm_nnx import reference as parity
 from jimm_linen.checkpoint import CheckpointError, CheckpointFileError, flatten_tree
 from jimm_linen.models.vit import ViT
 from tests.helpers import TINY

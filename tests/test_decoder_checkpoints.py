@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 import bridge
 import jimm_linen
 import jimm_nnx
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_linen.checkpoint import CheckpointError
 from jimm_linen.layers import loop_to_scan, scan_to_loop
 from tests.helpers import assert_close, assert_same_tree
@@ -27,7 +27,7 @@ SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_lay
              num_key_value_heads=2, attention_bias=True)
 CONFIGS = {"llama": dict(SMALL, mlp_bias=True, rope_parameters=dict(rope_type="linear", rope_theta=100.0, factor=2.0)),
            "qwen3": dict(SMALL, head_dim=6), "olmo2": dict(SMALL, num_key_value_heads=1)}
-ARCHITECTURES = {fam: cls for fam, (_, cls) in parity.DECODER_CLASSES.items()}
+ARCHITECTURES = {fam: f.config_cls.architecture for fam, f in parity.DECODERS.items()}
 CASES = [(fam, tied) for fam in CONFIGS for tied in (False, True)]
 
 

@@ -27,7 +27,7 @@ import jimm_linen
 import jimm_nnx
 from jimm_linen import train_state_io, training
 from jimm_linen import partitioning as pt
-from jimm_linen.models.causal_lm import KVCache
+from jimm_linen.layers.kv_cache import KVCache
 from tests import lm_checkpoints as lmc
 from tests.helpers import assert_close, assert_same_tree
 

@@ -18,7 +18,7 @@ from jimm_linen import DINOv2, DINOv2Config, DINOv3, DINOv3Config
 from jimm_linen.checkpoint import CheckpointError
 from jimm_linen.layers import patch_rope, torch_bicubic_matrix
 from jimm_linen.layers.rope import patch_centers
-from jimm_linen.parity import _quiet_transformers
+from jimm_nnx.reference import _quiet_transformers
 from tests.helpers import assert_close, nhwc
 
 # name -> (HF model class, HF config kwargs, another (height, width) to run at). Between them:

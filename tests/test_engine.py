@@ -21,7 +21,7 @@ import bridge
 import jimm_linen
 import jimm_nnx
 from jimm_linen import checkpoint as ckpt
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_linen import partitioning as pt
 from jimm_linen.checkpoint import engine
 from jimm_linen.checkpoint.keys import ConvKernel, DropLeading, Flatten, Fused, LinearKernel, Transform

@@ -21,7 +21,7 @@ import jimm_linen
 from jimm_linen import generation as gen
 from jimm_linen.layers.rope import Rope
 from jimm_linen.layers.stack import scan_to_loop
-from jimm_linen.parity import perturb_
+from jimm_nnx.reference import perturb_
 from tests.helpers import assert_close
 
 PAD = 0

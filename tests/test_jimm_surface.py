@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 import bridge
 import jimm_nnx as jimm
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_linen.layers import dot_product_attention
 from tests.helpers import assert_close, assert_same_tree, nhwc
 

@@ -10,7 +10,7 @@ from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionP
 from jimm_linen import ViTConfig
 from jimm_linen.checkpoint import FLATTEN, IDENTITY, LinearKernel
 from jimm_linen.layers import MAPHead
-from jimm_linen.parity import perturb_
+from jimm_nnx.reference import perturb_
 from tests.helpers import max_rel_diff
 
 

@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 
 import jimm_linen
-from jimm_linen.parity import CLIP_CONFIGS as CLIP
-from jimm_linen.parity import VISION_48, perturb_
+from jimm_nnx.reference import CLIP_CONFIGS as CLIP
+from jimm_nnx.reference import VISION_48, perturb_
 from tests import legacy_flax
 from tests.helpers import bound
 

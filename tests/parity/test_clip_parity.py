@@ -14,7 +14,7 @@ import torch
 
 import jimm_linen
 import jimm_nnx
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_nnx import parity as nnx_parity
 from tests.helpers import assert_close, assert_same_tree
 

@@ -1,7 +1,7 @@
 """jimm's Llama, Qwen3 and OLMo 2 vs HF Transformers' PyTorch `LlamaForCausalLM`,
 `Qwen3ForCausalLM`, `Olmo2ForCausalLM` (and the legacy HF Flax `FlaxLlamaForCausalLM`), float32 on CPU.
 
-The configs are `jimm_linen.parity`'s decoder defaults (what `jimm parity` runs): between them
+The configs are `jimm_nnx.reference`'s decoder defaults (what `jimm parity` runs): between them
 K < N, K = N and K = 1, an explicit head_dim, every rope_type, tied and untied heads, each
 family's biases, unusual rms_norm_eps and old-style config.json files; every tensor is random.
 One HF model per config; each face of jimm (Linen, NNX) is loaded from its saved directory and
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import jimm_linen
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from jimm_linen.layers.rope import Rope, rotary_embedding
 from jimm_linen.pretrained import FAMILIES
 from tests import legacy_flax
@@ -31,7 +31,7 @@ from tests.helpers import assert_close
 
 BATCH = 3
 LENGTH = parity.DECODER_LENGTH
-CASES = [(fam, name) for fam in parity.DECODER_CLASSES for name in parity.DEFAULTS[fam]]
+CASES = [(fam, name) for fam in parity.DECODERS for name in parity.DEFAULTS[fam]]
 
 
 def _rope_type(config: dict) -> str:
@@ -102,7 +102,7 @@ def test_nnx_matches_pytorch(reference):
 def test_the_configs_cover_what_they_should():
     """The defaults keep covering each case this file claims (a config edited away from one
     would silently stop testing it)."""
-    cfgs = [dict(c) for fam in parity.DECODER_CLASSES for c in parity.DEFAULTS[fam].values()]
+    cfgs = [dict(c) for fam in parity.DECODERS for c in parity.DEFAULTS[fam].values()]
 
     kv = {"K<N": lambda c: 1 < c["num_key_value_heads"] < c["num_attention_heads"],
           "K=N": lambda c: c["num_key_value_heads"] == c["num_attention_heads"],
@@ -113,17 +113,18 @@ def test_the_configs_cover_what_they_should():
     assert {_rope_type(c) for c in cfgs} == {"default", "linear", "dynamic", "yarn", "llama3"}
     assert any(_rope_type(c) == "dynamic" and c["max_position_embeddings"] < LENGTH for c in cfgs)
     assert {bool(c.get("tie_word_embeddings")) for c in cfgs} == {True, False}
-    for fam in parity.DECODER_CLASSES:
-        assert any(c.get("attention_bias") for c in parity.DEFAULTS[fam].values()), fam
-    assert any(c.get("mlp_bias") for c in parity.LLAMA_CONFIGS.values())
+    for fam, family in parity.DECODERS.items():  # each family's biases, where its HF model has them
+        if "attention_bias" in family.config_cls._own_fields():
+            assert any(c.get("attention_bias") for c in parity.DEFAULTS[fam].values()), fam
+    assert any(c.get("mlp_bias") for c in parity.DEFAULTS["llama"].values())
     assert {tuple(c["rope_scaling"])[0] for c in cfgs if "rope_scaling" in c} >= {"type", "rope_type"}
 
 
-@pytest.mark.parametrize("name", [n for n, c in parity.LLAMA_CONFIGS.items() if "rope_scaling" in c])
+@pytest.mark.parametrize("name", [n for n, c in parity.DEFAULTS["llama"].items() if "rope_scaling" in c])
 def test_old_style_config_json_is_written_as_given(name, tmp_path):
     """`rope_theta` + `rope_scaling` (spelled `type` or `rope_type`) reach config.json as the
     kwargs give them, as older hub files have them; the parity tests above load these."""
-    cfg = parity.LLAMA_CONFIGS[name]
+    cfg = parity.DEFAULTS["llama"][name]
     parity.build_decoder_reference("llama", cfg, tmp_path)
     hf = json.loads((tmp_path / "config.json").read_text())
     assert "rope_parameters" not in hf
@@ -157,7 +158,7 @@ def test_real_width_qwen3_matches_pytorch(tmp_path):
     rows only make the embedding longer, and the test slower)."""
     import jimm_nnx
 
-    config = dict(parity.QWEN3_06B_2LAYERS, vocab_size=4096, bos_token_id=None, eos_token_id=None)
+    config = dict(parity.FULL["qwen3"]["qwen3-0.6b-2layers"], vocab_size=4096, bos_token_id=None, eos_token_id=None)
     ref = build("qwen3", config, tmp_path, seed=0, batch=2)
     model, variables = jimm_linen.from_pretrained(tmp_path)
     out = linen_forward(model)(variables, jnp.asarray(ref.ids, jnp.int32), jnp.asarray(ref.mask))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jimm_linen
-from jimm_linen import parity
+from jimm_nnx import reference as parity
 from tests.helpers import assert_close, bound
 
 BF16_BOUND = 2e-2  # as in tests/test_linen_vit.py and the README

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from jimm_linen.registry import decoders
+
 # Tolerance on float32 CPU: max |jimm - ref| <= RTOL * max(1, max |ref|).
 RTOL = 1e-5
 
@@ -97,80 +99,17 @@ DINOV2_S14: dict[str, Any] = dict(hidden_size=384, num_hidden_layers=12, num_att
                                   patch_size=14)  # facebook/dinov2-small
 DINOV3_S16: dict[str, Any] = dict(num_register_tokens=4)  # DINOv3ViTConfig's defaults are ViT-S/16 otherwise
 
-# Small decoder configs. Between them: K < N, K = N and K = 1 key/value heads; an explicit
-# head_dim unlike hidden/N; every rope_type (dynamic with inputs longer than
-# max_position_embeddings, so that it rescales; llama3 at head_dim 8 has a frequency in each of
-# its three bands); tied and untied heads; each family's biases; unusual rms_norm_eps; and two
-# old-style config.json files (`rope_theta` + `rope_scaling`, spelled with `type` and with
-# `rope_type`: `build_decoder_reference` writes config.json in the style the kwargs use).
-_DECODER = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
-LLAMA_CONFIGS: dict[str, dict[str, Any]] = {
-    "llama-gqa-llama3-bias": dict(
-        _DECODER, num_key_value_heads=2, attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5,
-        max_position_embeddings=131072,
-        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    "llama-mqa-headdim-dynamic-tied": dict(
-        _DECODER, num_key_value_heads=1, head_dim=12, tie_word_embeddings=True, rms_norm_eps=1e-4,
-        max_position_embeddings=12, rope_theta=5000.0, rope_scaling={"type": "dynamic", "factor": 3.0}),
-    "llama-mha-linear-3layers": dict(
-        _DECODER, num_hidden_layers=3, num_key_value_heads=4, rms_norm_eps=3e-7, rope_theta=1000.0,
-        rope_scaling={"rope_type": "linear", "factor": 2.5}),
-}
-QWEN3_CONFIGS: dict[str, dict[str, Any]] = {
-    "qwen3-mqa-headdim-yarn-bias-tied": dict(
-        _DECODER, num_key_value_heads=1, head_dim=16, attention_bias=True, tie_word_embeddings=True,
-        rms_norm_eps=1e-6, max_position_embeddings=16384,
-        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=4096)),
-    "qwen3-gqa-default": dict(
-        _DECODER, hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=8, rms_norm_eps=2e-6,
-        rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
-}
-OLMO2_CONFIGS: dict[str, dict[str, Any]] = {
-    "olmo2-gqa-headdim-bias": dict(
-        _DECODER, num_key_value_heads=2, head_dim=12, attention_bias=True, rms_norm_eps=3e-5, eos_token_id=95,
-        rope_parameters=dict(rope_type="default", rope_theta=500000.0)),
-    "olmo2-mha-llama3-tied": dict(
-        _DECODER, num_key_value_heads=4, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=8192,
-        eos_token_id=95,
-        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-                             high_freq_factor=4.0, original_max_position_embeddings=2048)),
-}
-# A real model's width and heads (Qwen3-0.6B: 16 query heads of 128 over hidden 1024, 8
-# key/value heads, tied), with 2 of its 28 layers.
-QWEN3_06B_2LAYERS: dict[str, Any] = dict(
-    vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=16,
-    num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=40960,
-    rope_parameters=dict(rope_type="default", rope_theta=1000000.0), bos_token_id=151643, eos_token_id=151645)
-# Llama-3.2-1B's width and rope (llama3 scaling, factor 32), with 2 of its 16 layers.
-LLAMA32_1B_2LAYERS: dict[str, Any] = dict(
-    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=32,
-    num_key_value_heads=8, rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=131072,
-    rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
-                         high_freq_factor=4.0, original_max_position_embeddings=8192),
-    bos_token_id=128000, eos_token_id=128001)
-# OLMo-2-0425-1B's width, with 2 of its 16 layers.
-OLMO2_1B_2LAYERS: dict[str, Any] = dict(
-    vocab_size=100352, hidden_size=2048, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=16,
-    num_key_value_heads=16, rms_norm_eps=1e-6, max_position_embeddings=4096,
-    rope_parameters=dict(rope_type="default", rope_theta=500000.0), pad_token_id=100277, eos_token_id=100257)
-
-# (OLMo 2's default eos_token_id, 50279, lies outside these small vocabularies: generate refuses it.)
-
-# The decoder families: HF config and model classes (transformers' names).
-DECODER_CLASSES: dict[str, tuple[str, str]] = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM")}
+# The decoder families' configs are their registry entries' (`parity`, `parity_full`).
+DECODERS = decoders()
 
 # family -> {name: HF config kwargs}: what `jimm parity` runs by default, and with `--full`.
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "vit": VIT_CONFIGS, "clip": CLIP_CONFIGS, "siglip": SIGLIP_CONFIGS, "dinov2": DINOV2_CONFIGS,
-    "dinov3": DINOV3_CONFIGS, "llama": LLAMA_CONFIGS, "qwen3": QWEN3_CONFIGS, "olmo2": OLMO2_CONFIGS}
+    "dinov3": DINOV3_CONFIGS, **{name: fam.parity for name, fam in DECODERS.items()}}
 FULL: dict[str, dict[str, dict[str, Any]]] = {
     "vit": {"vit-b16": VIT_B16}, "clip": {"clip-vit-b32": CLIP_B32}, "siglip": {"siglip-base16": SIGLIP_B16},
     "dinov2": {"dinov2-s14": DINOV2_S14}, "dinov3": {"dinov3-s16": DINOV3_S16},
-    "llama": {"llama-3.2-1b-2layers": LLAMA32_1B_2LAYERS}, "qwen3": {"qwen3-0.6b-2layers": QWEN3_06B_2LAYERS},
-    "olmo2": {"olmo2-1b-2layers": OLMO2_1B_2LAYERS}}
+    **{name: fam.parity_full for name, fam in DECODERS.items()}}
 
 
 def perturb_(model, seed: int, scale: float = 0.1) -> None:
@@ -214,7 +153,7 @@ def build_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | P
     to `out_dir`. A "dinov2" config with `num_register_tokens` is HF's `Dinov2WithRegistersModel`."""
     if family == "vit":
         return build_vit_reference(config_kwargs, out_dir, seed)
-    if family in DECODER_CLASSES:
+    if family in DECODERS:
         return build_decoder_reference(family, config_kwargs, out_dir, seed)
     import torch
     import transformers
@@ -257,7 +196,7 @@ def randomize_(model, seed: int) -> None:
 
 
 def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):
-    """HF's PyTorch `*ForCausalLM` of `family` ("llama", "qwen3", "olmo2") with every tensor
+    """HF's PyTorch `*ForCausalLM` of a registered decoder `family` (its `model_type`) with every tensor
     seeded random (`randomize_`), saved to `out_dir`. Kwargs in the old style (`rope_theta` +
     `rope_scaling`) give a config.json in that style, as older hub files are: transformers 5
     itself writes `rope_parameters`."""
@@ -267,11 +206,10 @@ def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir:
     import transformers
 
     _quiet_transformers()
-    config_name, model_name = DECODER_CLASSES[family]
     torch.manual_seed(seed)
     # A copy: transformers fills its rope dicts in place (rope_theta and rope_type into rope_scaling).
-    hf_config = getattr(transformers, config_name)(**copy.deepcopy(config_kwargs))
-    model = getattr(transformers, model_name)(hf_config).eval()
+    hf_config = transformers.CONFIG_MAPPING[family](**copy.deepcopy(config_kwargs))
+    model = getattr(transformers, DECODERS[family].config_cls.architecture)(hf_config).eval()
     randomize_(model, seed + 1)
     model.save_pretrained(out_dir)
     if "rope_scaling" in config_kwargs or "rope_theta" in config_kwargs:
@@ -285,7 +223,7 @@ def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir:
 
 def is_decoder(directory: str | Path) -> bool:
     """Whether `directory` holds one of the decoder families (by config.json's `model_type`)."""
-    return json.loads((Path(directory) / "config.json").read_text()).get("model_type") in DECODER_CLASSES
+    return json.loads((Path(directory) / "config.json").read_text()).get("model_type") in DECODERS
 
 
 def load_reference(directory: str | Path):

@@ -74,6 +74,21 @@ def test_names_and_module_paths_are_jimms():
     assert jimm.common.sharding.NoSharding is jimm.NoSharding
 
 
+def test_each_model_group_is_its_own_module():
+    """jimm_nnx.models splits like jimm: each group's classes in `models/<group>/model.py`, what
+    they share in `models/base.py` and `models/image_text.py`; all importable from jimm_nnx.models."""
+    groups = {"vit": ["VisionTransformer"], "clip": ["CLIP", "CLIPTextModel", "CLIPVisionModel"],
+              "siglip": ["SigLIP", "SigLIPTextModel", "SigLIPVisionModel"], "dinov2": ["DINOv2Model"],
+              "dinov3": ["DINOv3Model"]}
+    for group, names in groups.items():
+        package = importlib.import_module(f"jimm_nnx.models.{group}")
+        for name in names:
+            cls = getattr(jimm.models, name)
+            assert cls.__module__ == f"jimm_nnx.models.{group}.model" and getattr(package, name) is cls, name
+    assert jimm.models.PretrainedModel.__module__ == "jimm_nnx.models.base"
+    assert jimm.models._ImageText.__module__ == jimm.models._Tower.__module__ == "jimm_nnx.models.image_text"
+
+
 @pytest.mark.parametrize("cls", MODEL_CLASSES, ids=lambda c: c.__name__)
 def test_signatures_are_jimms(cls):
     def params(fn):

@@ -1,6 +1,6 @@
-"""`jimm.models.clip`'s path to the classes of `jimm_nnx.models`."""
+"""`jimm.models.clip`'s path to its classes (defined in `model.py`)."""
 
-from jimm_nnx.models import CLIP, CLIPTextModel, CLIPVisionModel
+from jimm_nnx.models.clip.model import CLIP, CLIPTextModel, CLIPVisionModel
 from jimm_nnx.models.clip.sharding import CLIPSharding
 
 __all__ = ["CLIP", "CLIPTextModel", "CLIPVisionModel", "CLIPSharding"]

@@ -1,6 +1,6 @@
-"""`jimm.models.vit`'s path to the classes of `jimm_nnx.models`."""
+"""`jimm.models.vit`'s path to its classes (defined in `model.py`)."""
 
-from jimm_nnx.models import VisionTransformer
+from jimm_nnx.models.vit.model import VisionTransformer
 from jimm_nnx.models.vit.sharding import ViTSharding
 
 __all__ = ["VisionTransformer", "ViTSharding"]

@@ -28,6 +28,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, PartitionSpec
 
 from jimm_linen.layers.kv_cache import KVCache
 from jimm_linen.models.decoder import check_token_ids
@@ -300,14 +301,40 @@ def _advance(module, variables, state: _State, s: Sampling) -> _State:
     return _choose(state.replace(cache=cache), logits[:, -1], s)
 
 
+def _on_auto_axes(rules):
+    """Run the decorated program body under the caller's logical-axis rules, and, inside a mesh
+    whose axes are Explicit (`jax.make_mesh`'s default), with those axes made Auto: Linen's
+    sharding constraints and the cache writes are Auto-mode code (under Explicit axes they
+    raise `ShardingTypeError`), and parameters placed by the rules carry Auto shardings. The
+    outputs come back replicated there."""
+    def wrap(body):
+        def run(*args):
+            mesh = jax.sharding.get_abstract_mesh()
+            explicit = () if mesh.empty else tuple(
+                name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Explicit)
+
+            def ruled(*a):
+                with nn.logical_axis_rules(rules):
+                    return body(*a)
+
+            if not explicit:
+                return ruled(*args)
+            return jax.sharding.auto_axes(ruled, axes=explicit, out_sharding=PartitionSpec())(*args)
+        return run
+    return wrap
+
+
 @functools.partial(jax.jit, static_argnames=("module", "max_new_tokens", "rules"))
 def _generate(module, variables, input_ids, mask, s: Sampling, rng, *, max_new_tokens: int, rules):
     # The cache is created here and updated in place by the loop: it never leaves the program.
-    with nn.logical_axis_rules(rules):
+    @_on_auto_axes(rules)
+    def body(variables, input_ids, mask, s, rng):
         state = _start(module, variables, input_ids, mask, s, rng, max_new_tokens)
         state = jax.lax.while_loop(lambda st: (st.step < max_new_tokens) & ~st.done.all(),
                                    lambda st: _advance(module, variables, st, s), state)
-    return GenerationOutput(sequences=state.sequences, finished=state.done, num_new_tokens=state.num_new)
+        return GenerationOutput(sequences=state.sequences, finished=state.done, num_new_tokens=state.num_new)
+
+    return body(variables, input_ids, mask, s, rng)
 
 
 def _shown(state: _State):
@@ -316,14 +343,13 @@ def _shown(state: _State):
 
 @functools.partial(jax.jit, static_argnames=("module", "max_new_tokens", "rules"))
 def _stream_start(module, variables, input_ids, mask, s: Sampling, rng, *, max_new_tokens: int, rules):
-    with nn.logical_axis_rules(rules):
-        return _shown(_start(module, variables, input_ids, mask, s, rng, max_new_tokens))
+    return _on_auto_axes(rules)(lambda *a: _shown(_start(module, *a, max_new_tokens)))(
+        variables, input_ids, mask, s, rng)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "rules"), donate_argnames=("state",))
 def _stream_step(module, variables, state: _State, s: Sampling, *, rules):
-    with nn.logical_axis_rules(rules):
-        return _shown(_advance(module, variables, state, s))
+    return _on_auto_axes(rules)(lambda *a: _shown(_advance(module, *a)))(variables, state, s)
 
 
 # --- the API ------------------------------------------------------------------------------------

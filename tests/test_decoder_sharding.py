@@ -167,6 +167,31 @@ def test_generation_under_tp_gives_hf_generate_tokens(checkpoint, unsharded):
     np.testing.assert_array_equal(np.asarray(out.sequences)[:, ids.shape[1]:], ref[:, ids.shape[1]:])
 
 
+def test_generation_under_an_explicit_mesh_gives_hf_generate_tokens(checkpoint, unsharded):
+    """The README's recipe sets `jax.make_mesh`'s default (Explicit) mesh: Linen `generate` on
+    FSDP+TP-sharded params and NNX `lm.generate` on a model placed on that mesh run under it
+    (they raised `ShardingTypeError` on the cache's slot mask) and give HF `generate`'s tokens."""
+    import torch
+
+    _, hf = checkpoint
+    ids, mask = unsharded[2]["input_ids"], unsharded[2]["attention_mask"]
+    with torch.no_grad():
+        ref = hf.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                          max_new_tokens=5, do_sample=False, pad_token_id=0).numpy()
+    mesh = make_mesh(AxisType.Explicit)
+    model, variables = jimm_linen.from_pretrained(checkpoint[0], mesh=mesh, rules="fsdp_tp")
+    with jax.set_mesh(mesh):
+        out = jimm_linen.generate(model, variables, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=5,
+                                  pad_token_id=0)
+        lm = jimm_nnx.CausalLM.from_pretrained(checkpoint[0])
+        assert lm.placement.sharded
+        nnx_out = lm.generate(jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=5, pad_token_id=0)
+        streamed = np.stack(list(lm.stream(jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=5, pad_token_id=0)), 1)
+    for got in (out, nnx_out):
+        np.testing.assert_array_equal(np.asarray(got.sequences)[:, ids.shape[1]:], ref[:, ids.shape[1]:])
+    np.testing.assert_array_equal(streamed, ref[:, ids.shape[1]:ids.shape[1] + streamed.shape[1]])
+
+
 # --- train steps ------------------------------------------------------------------------------
 
 # case -> (preset, mesh axis type, remat policy): the runs with remat must match those without

@@ -369,8 +369,14 @@ FAMILIES = {
                              ("original_max_position_embeddings", 8)))),
     "qwen3": lambda: jimm_linen.Qwen3Config(**SMALL, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True),
     "olmo2": lambda: jimm_linen.Olmo2Config(**SMALL, num_key_value_heads=4),
+    # Sliding layers in no period, the window shorter than the prompt: under scan each layer's
+    # window is data, in a loop a Python int.
+    "qwen3-sliding": lambda: jimm_linen.Qwen3Config(
+        **dict(SMALL, num_hidden_layers=3), num_key_value_heads=2, head_dim=8, use_sliding_window=True,
+        sliding_window=3, layer_types=("sliding_attention", "full_attention", "sliding_attention")),
 }
-MODULES = {"llama": jimm_linen.Llama, "qwen3": jimm_linen.Qwen3, "olmo2": jimm_linen.Olmo2}
+MODULES = {"llama": jimm_linen.Llama, "qwen3": jimm_linen.Qwen3, "olmo2": jimm_linen.Olmo2,
+           "qwen3-sliding": jimm_linen.Qwen3}
 
 
 def random_variables(module, seed):

@@ -55,13 +55,15 @@ class Rope:
     @classmethod
     def from_hf(cls, hf: dict[str, Any], default_theta: float = 10000.0) -> Rope:
         """From a config.json dict: `rope_parameters` (transformers 5) or `rope_theta` +
-        `rope_scaling` (with `type` or `rope_type`; older files). Consumes those keys from `hf`."""
+        `rope_scaling` (with `type` or `rope_type`; older files). With both, `rope_scaling` wins
+        and `rope_parameters` is not read, its theta included (transformers'
+        `convert_rope_params_to_dict`). Consumes those keys from `hf`."""
         params = hf.pop("rope_parameters", None)
         theta = hf.pop("rope_theta", None)
         scaling = hf.pop("rope_scaling", None)
-        if params is not None and scaling is not None:
-            raise ValueError("config.json has both rope_parameters and rope_scaling; keep one")
-        params = dict(params or scaling or {})
+        if scaling:  # transformers reads `rope_scaling` over `rope_parameters` when a file has both
+            params = scaling
+        params = dict(params or {})
         if "layer_types" in hf and params and all(isinstance(v, dict) for v in params.values()):
             raise ValueError("per-layer-type rope_parameters are not supported by this model family")
         rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"

@@ -149,16 +149,21 @@ def test_kv_cache_sharded_prefill_and_decode(checkpoint, unsharded, hf_decode, p
     assert cache.keys.sharding.is_equivalent_to(expected.keys, 5)
 
 
+def _hf_greedy(checkpoint, unsharded):
+    """The left-padded batch and HF `generate`'s 5 greedy tokens on the unsharded model."""
+    import torch
+
+    ids, mask = unsharded[2]["input_ids"], unsharded[2]["attention_mask"]
+    with torch.no_grad():
+        ref = checkpoint[1].generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                                     max_new_tokens=5, do_sample=False, pad_token_id=0).numpy()
+    return ids, mask, ref
+
+
 def test_generation_under_tp_gives_hf_generate_tokens(checkpoint, unsharded):
     """Greedy generation with the TP-sharded params and cache (split on key/value heads) gives
     the tokens of HF `generate` on the unsharded model, for the left-padded batch."""
-    import torch
-
-    _, hf = checkpoint
-    ids, mask = unsharded[2]["input_ids"], unsharded[2]["attention_mask"]
-    with torch.no_grad():
-        ref = hf.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                          max_new_tokens=5, do_sample=False, pad_token_id=0).numpy()
+    ids, mask, ref = _hf_greedy(checkpoint, unsharded)
     mesh = make_mesh(AxisType.Auto)
     model, variables = jimm_linen.from_pretrained(checkpoint[0], mesh=mesh, rules="tp")
     with pt.activation_sharding(mesh, "tp"):
@@ -171,13 +176,7 @@ def test_generation_under_an_explicit_mesh_gives_hf_generate_tokens(checkpoint, 
     """The README's recipe sets `jax.make_mesh`'s default (Explicit) mesh: Linen `generate` on
     FSDP+TP-sharded params and NNX `lm.generate` on a model placed on that mesh run under it
     (they raised `ShardingTypeError` on the cache's slot mask) and give HF `generate`'s tokens."""
-    import torch
-
-    _, hf = checkpoint
-    ids, mask = unsharded[2]["input_ids"], unsharded[2]["attention_mask"]
-    with torch.no_grad():
-        ref = hf.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                          max_new_tokens=5, do_sample=False, pad_token_id=0).numpy()
+    ids, mask, ref = _hf_greedy(checkpoint, unsharded)
     mesh = make_mesh(AxisType.Explicit)
     model, variables = jimm_linen.from_pretrained(checkpoint[0], mesh=mesh, rules="fsdp_tp")
     with jax.set_mesh(mesh):

@@ -19,7 +19,7 @@ from jimm_linen.layers.attention import MultiHeadAttention
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.mlp import GatedMlpBlock, MlpBlock
 from jimm_linen.layers.norm import LayerNorm
-from jimm_linen.layers.stack import Stacked, stack
+from jimm_linen.layers.stack import Block, Stacked, stack
 from jimm_linen.partitioning import constrain
 
 ACT_EMBED = ("act_batch", "act_length", "act_embed")
@@ -73,14 +73,8 @@ class EncoderInputs:
     deterministic: bool = flax.struct.field(pytree_node=False, default=True)
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(Block):
     """`x + Attn(LN(x))`, then `x + MLP(LN(x))`; returns `(x, x if collect else None)` to be scannable."""
-
-    config: Any
-    attention_fn: Any = None
-    collect: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, shared: EncoderInputs, own=None):

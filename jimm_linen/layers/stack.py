@@ -74,6 +74,17 @@ class Stacked(nn.Module):
                     scan=self.scan, remat_policy=self.remat_policy)
 
 
+class Block(nn.Module):
+    """What a stacked block takes besides its inputs: its model's config, the attention
+    function, whether to hand out its output (`collect`, for `hidden_states`), dtypes."""
+
+    config: Any
+    attention_fn: Any = None
+    collect: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
 def stack(block_cls: type[nn.Module], *, length: int, name: str, scan: bool = True,
           remat: str = "none", **block_kwargs: Any) -> Callable:
     """`length` blocks in sequence, as a function `f(carry, shared, own=None) -> (carry, ys)` to

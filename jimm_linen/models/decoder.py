@@ -31,7 +31,7 @@ from jimm_linen.layers.kv_cache import KVCache
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.norm import RMSNorm
 from jimm_linen.layers.rope import Rope, rotary_embedding
-from jimm_linen.layers.stack import Stacked
+from jimm_linen.layers.stack import Block, Stacked
 from jimm_linen.models.base import Model
 from jimm_linen.outputs import CausalLMOutput
 from jimm_linen.partitioning import constrain
@@ -217,14 +217,8 @@ def positions_from_mask(mask: jax.Array, offset: jax.Array | int = 0) -> jax.Arr
     return jnp.where(mask, pos, 1)
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(Block):
     """Base of a family's block: `__call__(x, shared: Shared, own: Own) -> (x, Out)`."""
-
-    config: Any
-    attention_fn: Any = None
-    collect: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @property
     def kw(self) -> dict[str, Any]:

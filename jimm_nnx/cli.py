@@ -22,11 +22,28 @@ def _checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
+def _config_problem(ckpt: Path) -> str | None:
+    """Why jimm cannot read `ckpt`'s `config.json` (invalid JSON, a `model_type` it does not
+    support, a field it does not implement), or None when it can."""
+    from jimm_linen.pretrained import read_config
+
+    try:
+        read_config(ckpt)
+    except ValueError as e:
+        return f"{ckpt}: {_one_line(e)}"
+    return None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
 def _parity(args) -> int:
-    for problem in map(_checkpoint_problem, args.checkpoints):
-        if problem:
-            print(problem, file=sys.stderr)
-            return 2
+    for check_one in (_checkpoint_problem, _config_problem):
+        for problem in map(check_one, args.checkpoints):
+            if problem:
+                print(problem, file=sys.stderr)
+                return 2
     from jimm_nnx import reference as parity
     from jimm_nnx.parity import RUNNERS, check
 
@@ -44,8 +61,15 @@ def _parity(args) -> int:
     if not args.checkpoints and (unknown or not families):
         print(f"--family must name some of {sorted(parity.DEFAULTS)}, got {args.family!r}", file=sys.stderr)
         return 2
-    results = check(args.checkpoints, {p: RUNNERS[p] for p in paths}, args.batch, args.image_size, families,
-                    args.full, progress=_progress)
+    runners = {p: RUNNERS[p] for p in paths}
+    results = [] if args.checkpoints else check((), runners, args.batch, args.image_size, families, args.full,
+                                                 progress=_progress)
+    for ckpt in args.checkpoints:
+        try:
+            results += check([ckpt], runners, args.batch, args.image_size, progress=_progress)
+        except ValueError as e:  # CheckpointError: a missing, unexpected or mis-shaped tensor, a damaged file
+            print(f"{ckpt}: {_one_line(e)}", file=sys.stderr)
+            return 2
     print(parity.format_table(results))
     bad = [f"{r.name}/{r.path}" for r in results if not r.ok]
     if bad:

@@ -2,6 +2,7 @@
 it says on stderr while it works."""
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -15,6 +16,7 @@ import pytest
 from jimm_nnx import reference as parity
 from jimm_nnx import cli
 from tests.helpers import TINY
+from tests.lm_checkpoints import build_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,6 +117,41 @@ def test_a_bad_checkpoint_directory_is_one_line_and_exit_2(what, says, tmp_path,
     lines = captured.err.splitlines()
     assert captured.out == "" and len(lines) == 1
     assert lines[0].startswith(f"{bad}: ") and says in lines[0]
+
+
+def _llama_without(directory: Path, tensor: str) -> Path:
+    """The tiny Llama checkpoint with one tensor removed from its safetensors file."""
+    from safetensors.numpy import load_file, save_file
+
+    build_llama(directory)
+    (file,) = directory.glob("*.safetensors")
+    tensors = load_file(file)
+    del tensors[tensor]
+    save_file(tensors, file, metadata={"format": "pt"})
+    return directory
+
+
+@pytest.mark.parametrize("what,says", [
+    ("invalid config.json", "invalid JSON in {d}/config.json: line 1 column 23"),
+    ("unsupported model_type", "unknown model_type 'nonsense' in {d}/config.json; jimm supports ['clip', "),
+    ("missing tensor", "checkpoint does not match the model; missing keys: ['lm_head.weight (-> logits_dense/kernel)']"),
+])
+def test_a_checkpoint_jimm_cannot_read_is_one_line_and_exit_2(what, says, tmp_path, capsys):
+    """Not a traceback with exit 1 (the status of "out of tolerance"): one line naming the
+    problem, after the progress lines of the steps that ran, and no table."""
+    if what == "missing tensor":
+        _llama_without(tmp_path, "lm_head.weight")
+    else:
+        (tmp_path / "config.json").write_text('{"model_type": "vit", ' if what.startswith("invalid") else
+                                              '{"model_type": "nonsense"}')
+    capsys.readouterr()  # what building the checkpoint printed
+    assert cli.main(["parity", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    *progress, last = captured.err.splitlines()
+    assert captured.out == "" and last.startswith(f"{tmp_path}: {says.format(d=tmp_path)}")
+    assert all(line.startswith(f"{tmp_path}: ") and re.search(r": (running|loading|comparing) ", line)
+               for line in progress)
+    assert len(progress) == (2 if what == "missing tensor" else 0)  # the HF reference ran, the jimm load failed
 
 
 def test_parity_on_a_clip_checkpoint_directory(tmp_path, capsys):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks.generate import build_checkpoint
+from jimm_linen.registry import decoders
 from jimm_nnx import cli
 
 PROMPT = "Hello world, this is a test of"
@@ -79,7 +80,7 @@ def test_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
         (["generate", str(tmp_path / "missing"), "--prompt", "hi"], "no such directory"),
         (["generate", str(gpt), "--prompt", "hi"], "unknown model_type 'gpt_neox'"),
         (["generate", str(vit), "--prompt", "hi"],
-         "a ViTConfig checkpoint, not a decoder LM (jimm generate runs llama, olmo2, qwen3)"),
+         f"a ViTConfig checkpoint, not a decoder LM (jimm generate runs {', '.join(sorted(decoders()))})"),
         (["generate", str(d), "--prompt", PROMPT, "--max-new-tokens", "60"],
          "max_new_tokens (60) = 68 positions exceed max_position_embeddings (64)"),
         (["generate", str(d), "--prompt", PROMPT, "--max-new-tokens", "4", "--temperature", "0.5",

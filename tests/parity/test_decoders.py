@@ -1,4 +1,4 @@
-"""jimm's Llama, Qwen3 and OLMo 2 vs HF Transformers' PyTorch `LlamaForCausalLM`,
+"""jimm's decoder families (every registered one) vs HF Transformers' PyTorch `LlamaForCausalLM`,
 `Qwen3ForCausalLM`, `Olmo2ForCausalLM` (and the legacy HF Flax `FlaxLlamaForCausalLM`), float32 on CPU.
 
 The configs are `jimm_nnx.reference`'s decoder defaults (what `jimm parity` runs): between them

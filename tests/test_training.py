@@ -25,15 +25,9 @@ from tests.helpers import assert_close, assert_same_tree
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    """The tiny Llama checkpoint's directory and its HF model."""
+def llama(tmp_path_factory):
     directory = tmp_path_factory.mktemp("llama")
-    return directory, lmc.build_llama(directory)
-
-
-@pytest.fixture(scope="module")
-def llama(llama_dir):
-    directory, hf = llama_dir
+    hf = lmc.build_llama(directory)
     model, variables = jimm_linen.from_pretrained(directory)
     return hf, model, variables
 
@@ -268,9 +262,9 @@ def test_train_step_refuses_a_bad_batch_before_the_donated_state(llama, bf16):
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
 
 
-def test_nnx_train_step_refuses_a_bad_batch_before_the_donated_model(llama_dir):
-    directory, _ = llama_dir
-    lm = jimm_nnx.CausalLM.from_pretrained(directory)
+def test_nnx_train_step_refuses_a_bad_batch_before_the_donated_model(llama):
+    _, model, _ = llama
+    lm = jimm_nnx.CausalLM.from_config(model.config)
     optimizer = nnx.Optimizer(lm, optax.adamw(1e-3), wrt=nnx.Param)
     kept = jax.tree.map(np.asarray, jimm_nnx.train_state(lm, optimizer))
     step = jimm_nnx.make_train_step()

@@ -19,8 +19,13 @@ from jimm_linen.registry import Family  # noqa: E402
 
 
 def _tower(model_type: str, module_cls, keymap) -> Family:
-    return Family(model_type, module_cls, keymap, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config,
-                  owns=lambda config: tower_model_type(config) == model_type)
+    def owns(config) -> bool:
+        try:
+            return tower_model_type(config) == model_type
+        except ValueError:  # a plain ViT config: the vit family's
+            return False
+
+    return Family(model_type, module_cls, keymap, from_hf=tower_from_hf_config, to_hf=tower_to_hf_config, owns=owns)
 
 
 FAMILIES = (

@@ -1,4 +1,4 @@
-"""Llama, Qwen3 and OLMo 2 checkpoints in and out: round trips through transformers, tied heads,
+"""Decoder checkpoints in and out (every registered family): round trips through transformers, tied heads,
 shards, bf16, generation_config.json, scan <-> loop, Linen <-> NNX; strict errors for bad
 files, bad configs and bad inputs, each naming the problem."""
 
@@ -27,6 +27,9 @@ SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_lay
              num_key_value_heads=2, attention_bias=True)
 CONFIGS = {"llama": dict(SMALL, mlp_bias=True, rope_parameters=dict(rope_type="linear", rope_theta=100.0, factor=2.0)),
            "qwen3": dict(SMALL, head_dim=6), "olmo2": dict(SMALL, num_key_value_heads=1)}
+# Every other registered decoder through its first parity config: a new family's round trips run
+# here without editing this file.
+CONFIGS.update({fam: next(iter(f.parity.values())) for fam, f in parity.DECODERS.items() if fam not in CONFIGS})
 ARCHITECTURES = {fam: f.config_cls.architecture for fam, f in parity.DECODERS.items()}
 CASES = [(fam, tied) for fam in CONFIGS for tied in (False, True)]
 
@@ -108,7 +111,7 @@ def test_linen_and_nnx_cross(case, tmp_path):
     lm.save_pretrained(tmp_path / "nnx")
     assert_same_tree(jimm_linen.from_pretrained(tmp_path / "nnx")[1], case.variables)
     jimm_linen.save_pretrained(case.module, case.variables, tmp_path / "linen")
-    family_cls = {"llama": jimm_nnx.Llama, "qwen3": jimm_nnx.Qwen3, "olmo2": jimm_nnx.Olmo2}[case.family]
+    family_cls = getattr(jimm_nnx, parity.DECODERS[case.family].nnx_name)
     restored = family_cls.from_pretrained(tmp_path / "linen", sharding=jimm_nnx.NoSharding())
     assert_same_tree(bridge.to_linen_variables(restored), case.variables)
     # A model built from the Linen variables is the same model.

@@ -75,3 +75,20 @@ def test_the_static_check_sees_imports_inside_functions():
     tree = ast.parse("def f():\n    import jimm_nnx.models\n    from flax import nnx\n"
                      "    return importlib.import_module('bridge')\n")
     assert _hits(_imported_names(tree), FORBIDDEN["jimm_linen"]) == ["bridge", "flax.nnx", "jimm_nnx.models"]
+
+
+def test_loading_a_plain_decoder_checkpoint_imports_neither_transformers_nor_torch(tmp_path):
+    """HF's config class (whose import pulls in torch where it is installed: seconds) is read only
+    for a config.json field outside what jimm reads, runtime switches and what a family checks
+    itself; a checkpoint as transformers writes it has none (the rule on the other fields:
+    tests/test_decoder_house.py)."""
+    from jimm_linen.registry import SMALL_DECODER
+    from jimm_nnx import reference
+
+    reference.build_decoder_reference("llama", dict(SMALL_DECODER, num_key_value_heads=2), tmp_path / "llama")
+    code = (f"import jimm_linen, jimm_nnx\n"
+            f"jimm_linen.from_pretrained({str(tmp_path / 'llama')!r})\n"
+            f"jimm_nnx.CausalLM.from_pretrained({str(tmp_path / 'llama')!r}, sharding=jimm_nnx.NoSharding())")
+    modules = _modules_after(code)
+    assert "jimm_nnx.causal_lm" in modules
+    assert _hits(modules, ("transformers", "torch")) == []

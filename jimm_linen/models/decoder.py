@@ -100,6 +100,8 @@ class CausalLMConfig:
     # Fields HF defines that no forward pass reads (HF's runtime and bookkeeping switches).
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"use_cache", "dtype", "torch_dtype",
                                                           "transformers_version"})
+    # Fields HF defines that the family's `refuse` checks itself (kept and written back).
+    refused_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -170,11 +172,13 @@ class CausalLMConfig:
         cls.refuse(hf)
         rope = Rope.from_hf(hf)
         own = {k: hf.pop(k) for k in cls._own_fields() if k in hf}
-        defaults = hf_defaults(cls.model_type)
         if hf.get("pruned_heads"):
             raise ValueError(f"pruned_heads {hf['pruned_heads']} is not supported")
-        unsupported = sorted(k for k, v in hf.items() if k in defaults and k not in cls.runtime_fields
-                             and k not in HF_GENERIC_FIELDS and v != defaults[k])
+        # HF's config class is read only when a field asks (importing transformers imports torch
+        # where it is installed: seconds a plain checkpoint's load need not pay).
+        rest = [k for k in hf if k not in cls.runtime_fields | cls.refused_fields and k not in HF_GENERIC_FIELDS]
+        defaults = hf_defaults(cls.model_type) if rest else {}
+        unsupported = sorted(k for k in rest if k in defaults and hf[k] != defaults[k])
         if unsupported:
             raise ValueError(f"config field(s) {', '.join(f'{k}={hf[k]!r}' for k in unsupported)} of "
                              f"model_type {cls.model_type!r}: only HF's defaults "

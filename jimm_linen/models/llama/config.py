@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from jimm_linen.models.decoder import CausalLMConfig
 
@@ -16,6 +16,7 @@ class LlamaConfig(CausalLMConfig):
 
     model_type = "llama"
     architecture = "LlamaForCausalLM"
+    refused_fields: ClassVar[frozenset[str]] = frozenset({"pretraining_tp"})
 
     @classmethod
     def refuse(cls, hf: dict[str, Any]) -> None:

@@ -264,6 +264,9 @@ def _set(**fields):
     pytest.param("llama", _set(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0,
                                                 "low_freq_factor": 1.0}),
                  r"rope_type 'linear' does not take \['low_freq_factor'\]", id="rope-key-of-another-type"),
+    pytest.param("mistral", _set(sliding_window=0), r"sliding_window must be a positive whole number of tokens or "
+                 r"None, got 0", id="window-0"),
+    pytest.param("mistral", _set(sliding_window=4.5), r"got 4\.5", id="window-fractional"),
     pytest.param("llama", _set(num_key_value_heads=3), r"num_key_value_heads 3 does not divide num_attention_heads 4",
                  id="kv-heads-not-dividing"),
 ])
@@ -279,7 +282,7 @@ def test_unsupported_configs_are_named(family, edit, message, case_dirs, tmp_pat
 def case_dirs(tmp_path_factory, llama):
     """One untied checkpoint directory per family (Llama's is `llama`)."""
     dirs = {"llama": llama}
-    for family in ("qwen3", "olmo2"):
+    for family in ("qwen3", "olmo2", "mistral"):
         dirs[family] = tmp_path_factory.mktemp(family)
         parity.build_decoder_reference(family, CONFIGS[family], dirs[family], seed=12)
     return dirs

@@ -123,8 +123,11 @@ class CausalLMConfig:
         if len(kinds) != self.num_hidden_layers or set(kinds) - set(LAYER_KINDS):
             raise ValueError(f"layer_types must give one of {LAYER_KINDS} for each of the {self.num_hidden_layers} "
                              f"layers, got {list(kinds)}")
-        if SLIDING in kinds and not self.window(SLIDING):
+        window = self.window(SLIDING) if SLIDING in kinds else 1
+        if window is None:
             raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"sliding_window must be a positive whole number of tokens or None, got {window!r}")
 
     # Per-layer attention: a family with sliding windows overrides these two.
     def layer_kinds(self) -> tuple[str, ...]:

@@ -33,10 +33,5 @@ class MistralConfig(CausalLMConfig):
     architecture = "MistralForCausalLM"
     hf_unread = ("attention_bias",)
 
-    def __post_init__(self):
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ValueError(f"sliding_window must be a positive number of tokens or None, got {self.sliding_window}")
-        super().__post_init__()
-
     def layer_kinds(self) -> tuple[str, ...]:
         return ((FULL if self.sliding_window is None else SLIDING),) * self.num_hidden_layers

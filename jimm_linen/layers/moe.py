@@ -1,0 +1,124 @@
+"""A mixture-of-experts feed-forward block with exact top-k routing: every token goes to its
+`top_k` experts, none is dropped, there is no capacity factor.
+
+The router is HF's (Mixtral, Qwen3-MoE): logits in the compute dtype, softmax in float32, top-k
+of the probabilities, the chosen weights renormalised when `norm_topk_prob`. The experts are gated
+MLPs stacked on an `experts` axis (`wi_0`, `wi_1`: `[experts, embed, mlp]`, `wo`: `[experts, mlp,
+embed]`), so a rule table can split whole experts over devices (the `ep` preset).
+
+Two ways to compute the same thing:
+- `"ragged"` (default): the `tokens x top_k` assignments sorted by expert, each expert's rows one
+  group of `jax.lax.ragged_dot`, the results scattered back with their weights. Work is
+  proportional to `top_k`, whatever the routing.
+- `"dense"`: every expert on every token, the outputs mixed by a `[tokens, experts]` weight
+  matrix that is zero off the chosen experts. `num_experts / top_k` times the work; the tests'
+  reference for the ragged path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from jimm_linen.activations import get_activation
+from jimm_linen.layers.linear import DenseGeneral, default_kernel_init
+from jimm_linen.partitioning import constrain
+
+IMPLEMENTATIONS = ("ragged", "dense")
+
+
+def route(router_logits: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
+    """`(weights, experts)`, each `[..., top_k]`: the float32 softmax's top-k (ties to the lower
+    index, as `torch.topk`), renormalised to sum to 1 when `norm_topk_prob`."""
+    probs = jax.nn.softmax(router_logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if norm_topk_prob:
+        weights = weights / weights.sum(-1, keepdims=True)
+    return weights, experts
+
+
+def _ragged(x, experts, weights, wi_0, wi_1, wo, act):
+    """x `[N, D]`, experts / weights `[N, K]` -> `[N, D]`."""
+    n, k = experts.shape
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    token = order // k  # the assignment's token, in expert order
+    sizes = jnp.bincount(flat, length=wi_0.shape[0]).astype(jnp.int32)
+    xs = x[token]
+    h = act(jax.lax.ragged_dot(xs, wi_0, sizes)) * jax.lax.ragged_dot(xs, wi_1, sizes)
+    y = jax.lax.ragged_dot(h, wo, sizes)
+    # As HF: each expert's output times its weight, rounded to the compute dtype, then summed
+    # per token in that dtype.
+    y = (y * weights.reshape(-1)[order][:, None]).astype(x.dtype)
+    return jnp.zeros_like(x).at[token].add(y)
+
+
+def _dense(x, experts, weights, wi_0, wi_1, wo, act):
+    mix = jnp.zeros((x.shape[0], wi_0.shape[0]), weights.dtype)
+    mix = mix.at[jnp.arange(x.shape[0])[:, None], experts].add(weights)
+    h = act(jnp.einsum("nd,edf->nef", x, wi_0)) * jnp.einsum("nd,edf->nef", x, wi_1)
+    y = jnp.einsum("nef,efd->ned", h, wo)
+    return (y * mix[..., None]).astype(x.dtype).sum(1)
+
+
+class MoeBlock(nn.Module):
+    """`x [B, T, D] -> (y [B, T, D], router_logits [B, T, experts])`."""
+
+    num_experts: int
+    top_k: int
+    mlp_dim: int
+    hidden_act: str = "silu"
+    norm_topk_prob: bool = True
+    # Qwen3-MoE rounds the routing weights to the compute dtype before mixing; Mixtral mixes
+    # with the float32 weights.
+    weights_in_compute_dtype: bool = False
+    implementation: str = "ragged"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"MoE implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k {self.top_k} must lie in [1, num_experts={self.num_experts}]")
+        b, t, d = x.shape
+        init = self.kernel_init or default_kernel_init()
+        logits = DenseGeneral(self.num_experts, kernel_axes=("embed", "experts"), use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype, kernel_init=init, name="router")(x)
+        logits = constrain(logits, ("act_batch", "act_length", "act_experts"))
+        weights, experts = route(logits.reshape(b * t, self.num_experts), self.top_k, self.norm_topk_prob)
+
+        def kernel(name, shape, axes):
+            return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+
+        wi_0 = kernel("wi_0", (self.num_experts, d, self.mlp_dim), ("experts", "embed", "mlp"))
+        wi_1 = kernel("wi_1", (self.num_experts, d, self.mlp_dim), ("experts", "embed", "mlp"))
+        wo = kernel("wo", (self.num_experts, self.mlp_dim, d), ("experts", "mlp", "embed"))
+        xs, wi_0, wi_1, wo = nn.dtypes.promote_dtype(x.reshape(b * t, d), wi_0, wi_1, wo, dtype=self.dtype)
+        if self.weights_in_compute_dtype:
+            weights = weights.astype(xs.dtype)
+        compute = _ragged if self.implementation == "ragged" else _dense
+        y = compute(xs, experts, weights, wi_0, wi_1, wo, get_activation(self.hidden_act))
+        return checkpoint_name(y.reshape(b, t, d), "mlp_out"), logits
+
+
+def load_balancing_loss(router_logits: jax.Array, top_k: int, attention_mask: jax.Array | None = None) -> jax.Array:
+    """HF's `load_balancing_loss_func` (Switch Transformer eqs. 4-6) over every layer's router
+    logits `[layers, B, T, experts]`: `experts * sum_e f_e * P_e`, with `f_e` the share of
+    (unmasked) tokens' top-k choices that went to `e` (a token counts once per choice) and `P_e`
+    its mean router probability. Padding (`attention_mask` 0) counts for neither."""
+    num_experts = router_logits.shape[-1]
+    probs = jax.nn.softmax(router_logits.astype(jnp.float32), axis=-1)
+    _, chosen = jax.lax.top_k(probs, top_k)
+    if attention_mask is None:
+        attention_mask = jnp.ones(router_logits.shape[1:3], jnp.float32)
+    mask = jnp.broadcast_to(attention_mask.astype(jnp.float32), router_logits.shape[:3])
+    counts = (jax.nn.one_hot(chosen, num_experts, dtype=jnp.float32).sum(-2) * mask[..., None]).sum((0, 1, 2))
+    rows = mask.sum()
+    return num_experts * jnp.sum((counts / rows) * ((probs * mask[..., None]).sum((0, 1, 2)) / rows))

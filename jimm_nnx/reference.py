@@ -178,7 +178,9 @@ def randomize_(model, seed: int) -> None:
     """Replace every tensor of `model` with seeded noise, the norm weights too: HF starts norms at
     1 and biases at 0, which would hide a swapped, dropped or misplaced one. Matrices are
     N(0, 1/fan_in) and embeddings N(0, 1), so that activations stay O(1) through the blocks;
-    norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor)."""
+    norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor).
+    The fan-in is the last dim: torch's `Linear` `(out, in)`, and transformers 5's stacked
+    expert kernels `(experts, out, in)` alike."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -192,7 +194,7 @@ def randomize_(model, seed: int) -> None:
             elif "embed" in name:
                 p.copy_(noise)
             else:
-                p.copy_(noise / p.shape[1] ** 0.5)
+                p.copy_(noise / p.shape[-1] ** 0.5)
 
 
 def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):

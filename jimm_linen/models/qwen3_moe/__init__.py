@@ -6,7 +6,7 @@ from jimm_linen.registry import SMALL_DECODER, decoder_family
 __all__ = ["Qwen3Moe", "Qwen3MoeBlock", "Qwen3MoeConfig", "Qwen3MoeDenseBlock"]
 
 # Every layer MoE (as Qwen3-30B-A3B), 8 experts top-2 renormalised, K < N with head_dim unlike
-# hidden / N, biases; a dense layer between two MoE layers (`mlp_only_layers`), 4 experts top-3
+# hidden / N, biases; a dense layer between two MoE layers (`mlp_only_layers`), 6 experts top-2
 # not renormalised (HF's default), MQA, a tied head and every layer sliding over a window shorter
 # than the parity prompts.
 PARITY = {
@@ -15,8 +15,8 @@ PARITY = {
         moe_intermediate_size=12, norm_topk_prob=True, rms_norm_eps=1e-6,
         rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
     "qwen3moe-dense-layer-mqa-tied-window5": dict(
-        SMALL_DECODER, num_hidden_layers=3, mlp_only_layers=[1], num_key_value_heads=1, num_experts=4,
-        num_experts_per_tok=3, moe_intermediate_size=16, tie_word_embeddings=True, use_sliding_window=True,
+        SMALL_DECODER, num_hidden_layers=3, mlp_only_layers=[1], num_key_value_heads=1, num_experts=6,
+        num_experts_per_tok=2, moe_intermediate_size=16, tie_word_embeddings=True, use_sliding_window=True,
         sliding_window=5, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
 }
 # Qwen3-30B-A3B's width, heads and experts (128 experts of 2048 x 768, top 8, renormalised), with

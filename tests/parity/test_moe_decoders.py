@@ -426,3 +426,36 @@ def test_an_unsupported_checkpoint_config_is_named_by_both_loaders(mixtral, tmp_
             load(tmp_path)
     with pytest.raises(ValueError, match=r"moe_implementation must be one of \('ragged', 'dense'\), got 'sparse'"):
         dataclasses.replace(mixtral.module.config, moe_implementation="sparse")
+
+
+# --- real widths ----------------------------------------------------------------------------------
+
+# Qwen3-30B-A3B's widths and heads with 1 layer, a 4096-token vocabulary and 16 of its 128 experts
+# (more experts only repeat the same matmuls): 2048 hidden, 32 query heads of 128 over 4 key/value
+# heads, experts 768 wide, top 8 renormalised. (Mixtral-8x7B's widths are Mistral-7B's, its experts
+# 4096 x 14336: a minute here with 3 experts; `jimm parity --full --family mixtral` runs them.)
+REAL_WIDTHS = {
+    "qwen3_moe": dict(decoders()["qwen3_moe"].parity_full["qwen3-30b-a3b-2layers"], num_hidden_layers=1,
+                      num_experts=16),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(REAL_WIDTHS))
+def test_real_widths_match_pytorch(family, tmp_path):
+    config = dict(REAL_WIDTHS[family], vocab_size=4096, bos_token_id=None, eos_token_id=None)
+    hf = parity.build_decoder_reference(family, config, tmp_path, seed=0)
+    ids, mask = parity.left_padded_ids(2, 12, config["vocab_size"], seed=0)
+    ref = hf_forward(hf, ids, mask, output_router_logits=True)
+    del hf
+    module, variables = jimm_linen.from_pretrained(tmp_path)
+    out = jax.jit(lambda v, i, m: module.apply(v, i, m, return_hidden_states=True, output_router_logits=True))(
+        variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
+    assert_matches(out.logits, out.hidden_states, ref.logits.numpy(), [h.numpy() for h in ref.hidden_states], mask,
+                   "linen")
+    assert abs(float(out.aux_loss) - float(ref.aux_loss)) <= 1e-5 * float(ref.aux_loss)
+    del variables
+    lm = getattr(jimm_nnx, decoders()[family].nnx_name).from_pretrained(tmp_path, sharding=jimm_nnx.NoSharding())
+    out = lm(jnp.asarray(ids, jnp.int32), jnp.asarray(mask), return_hidden_states=True)
+    assert_matches(out.logits, out.hidden_states, ref.logits.numpy(), [h.numpy() for h in ref.hidden_states], mask,
+                   "nnx")

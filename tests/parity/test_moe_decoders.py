@@ -171,9 +171,11 @@ def test_forward_router_logits_and_aux_loss_match_hf(setup):
                 "hf": float(load_balancing_loss_func(ref.router_logits, ref_router[0].shape[-1], k))}
     for who, value in unmasked.items():
         assert abs(value - float(ref.aux_loss)) > 1e-3 * float(ref.aux_loss), (who, value, float(ref.aux_loss))
-    # The dense reference path (every expert on every token) computes the same model.
-    dense = setup.module.clone(config=dataclasses.replace(setup.module.config, moe_implementation="dense"))
-    assert_close(real(jax.jit(dense.apply)(setup.variables, *args)), real(ref.logits.numpy()), what="dense path logits")
+    # The other paths (the default on CPU is "tiled"): the same model.
+    for implementation in ("ragged", "dense"):
+        other = setup.module.clone(config=dataclasses.replace(setup.module.config, moe_implementation=implementation))
+        assert_close(real(jax.jit(other.apply)(setup.variables, *args)), real(ref.logits.numpy()),
+                     what=f"{implementation} path logits")
 
 
 def _cached_run(call, ids, mask, cache):
@@ -361,7 +363,7 @@ def test_published_configs_read_as_hf_reads_them(family):
         assert (list(value) if isinstance(value, tuple) else value) == want, field
     assert ours.rope.rope_theta == theirs.rope_parameters["rope_theta"] == 1e6
     assert ours.layer_kinds() == ("full_attention",) * published["num_hidden_layers"]
-    assert all(ours.moe_layers()) and ours.moe_implementation == "ragged"
+    assert all(ours.moe_layers()) and ours.moe_implementation == "auto"
     back = ours.to_hf_config()
     assert config_cls.from_hf_config(back) == ours
     for key, value in published.items():  # every field written back as read
@@ -424,7 +426,8 @@ def test_an_unsupported_checkpoint_config_is_named_by_both_loaders(mixtral, tmp_
     for load in (jimm_linen.from_pretrained, lambda d: jimm_nnx.Mixtral.from_pretrained(d, sharding=jimm_nnx.NoSharding())):
         with pytest.raises(ValueError, match=r"shared_expert_intermediate_size=64 asks for a shared expert"):
             load(tmp_path)
-    with pytest.raises(ValueError, match=r"moe_implementation must be one of \('ragged', 'dense'\), got 'sparse'"):
+    with pytest.raises(ValueError, match=r"moe_implementation must be one of \('auto', 'ragged', 'tiled', 'dense'\), "
+                                         r"got 'sparse'"):
         dataclasses.replace(mixtral.module.config, moe_implementation="sparse")
 
 

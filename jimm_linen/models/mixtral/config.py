@@ -31,13 +31,14 @@ class MoeConfig(CausalLMConfig):
     `router_aux_loss_coef * aux_loss` only when `output_router_logits` (set it with
     `from_pretrained(path, output_router_logits=True)`); the model's outputs do not depend on it
     (`apply(..., output_router_logits=True)` asks for the router logits).
-    `moe_implementation` is ours, never in config.json: `"ragged"` (grouped matmuls over the
-    tokens sorted by expert) or `"dense"` (every expert on every token; a reference)."""
+    `moe_implementation` is ours, never in config.json: how `layers.moe.MoeBlock` computes the
+    experts, `"auto"` (`"tiled"` on CPU, `"ragged"` elsewhere), `"ragged"`, `"tiled"` or `"dense"`
+    (every expert on every token; the reference)."""
 
     num_experts_per_tok: int = 2
     router_aux_loss_coef: float = 0.001
     output_router_logits: bool = False
-    moe_implementation: str = "ragged"
+    moe_implementation: str = "auto"
 
     refused_fields: ClassVar[frozenset[str]] = frozenset(FOREIGN_MOE_FIELDS)
 

@@ -210,3 +210,13 @@ def test_gpu_suite_covers_every_backend_and_runs_its_logic_on_cpu(tmp_path):
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["label"] for r in rows] == [e.name for e in on_cpu.entries]
     assert all(r["dtype"] == "bfloat16" and r["agreement_rel_diff"] <= workloads.AGREE_RTOL["bfloat16"] for r in rows)
+
+
+def test_the_committed_moe_table_is_the_latest_run():
+    from benchmarks import moe
+
+    tables = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    block = tables.split(moe.BEGIN, 1)[1].split(moe.END, 1)[0].strip()
+    assert block == moe.render(moe.RESULTS)
+    for name in (*moe.HF, "jimm_linen, tiled MoE", "jimm_linen, ragged MoE", "jimm_linen, dense MoE"):
+        assert block.count(f"| {name} |") == 2, name  # prefill and decode

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jimm_linen.activations import get_activation
+from jimm_linen.activations import ACTIVATIONS
 from jimm_linen.layers.block_inputs import FULL, SLIDING
 from jimm_linen.models.gemma.config import GemmaConfig
 
@@ -38,7 +38,9 @@ class Gemma2Config(GemmaConfig):
     def __post_init__(self):
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        get_activation(self.hidden_activation)
+        if self.hidden_activation not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_activation {self.hidden_activation!r}; supported: "
+                             f"{sorted(ACTIVATIONS)}")
         super().__post_init__()
 
     def layer_kinds(self) -> tuple[str, ...]:

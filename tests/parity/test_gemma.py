@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,8 @@ from jimm_linen.registry import decoders
 from jimm_nnx import reference as parity
 from tests import legacy_flax
 from tests import lm_checkpoints as lmc
-from tests.helpers import assert_close, bound
+from tests.helpers import (DecoderSetup, assert_cache_matches_hf, assert_close, assert_decoder_matches, bound,
+                           cached_calls)
 
 GEMMA, GEMMA2 = decoders()["gemma"], decoders()["gemma2"]
 CONFIG = GEMMA2.parity["gemma2-gqa-headdim-softcaps-untied-window5"]
@@ -55,47 +55,18 @@ def real(x, mask):
     return parity.real_positions(x, mask)
 
 
-def assert_matches(logits, hidden, ref_logits, ref_hidden, mask, what):
-    assert len(hidden) == len(ref_hidden)
-    assert_close(real(logits, mask), real(ref_logits, mask), what=f"{what} logits")
-    for i, (ours, theirs) in enumerate(zip(hidden, ref_hidden)):
-        assert_close(real(ours, mask), real(theirs, mask), what=f"{what} hidden state {i}")
-
-
-@dataclasses.dataclass
-class Setup:
-    directory: Path
-    hf: torch.nn.Module
-    module: object  # Linen
-    variables: dict
-    lm: object  # NNX
-
-    def forward(self, ids, mask, **config_changes):
-        """Linen logits, jitted, with config fields changed over the same weights."""
-        module = self.module.clone(config=dataclasses.replace(self.module.config, **config_changes))
-        return np.asarray(jax.jit(module.apply)(self.variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
-
-
-def setup_for(family, config, directory, seed) -> Setup:
-    hf = parity.build_decoder_reference(family.model_type, config, directory, seed=seed)
-    module, variables = jimm_linen.from_pretrained(directory)
-    assert type(module) is family.module_cls
-    lm = getattr(jimm_nnx, family.nnx_name).from_pretrained(directory, sharding=jimm_nnx.NoSharding())
-    return Setup(directory, hf, module, variables, lm)
-
-
 @pytest.fixture(scope="module")
-def gemma2(tmp_path_factory) -> Setup:
-    s = setup_for(GEMMA2, CONFIG, tmp_path_factory.mktemp("gemma2"), seed=21)
+def gemma2(tmp_path_factory) -> DecoderSetup:
+    s = DecoderSetup.build("gemma2", CONFIG, tmp_path_factory.mktemp("gemma2"), seed=21)
     assert s.hf.config.layer_types == list(s.module.config.layer_kinds()) == [
         "sliding_attention", "full_attention", "sliding_attention"]
     return s
 
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory) -> Setup:
-    return setup_for(GEMMA, GEMMA.parity["gemma-gqa-headdim-bias-untied-linear"], tmp_path_factory.mktemp("gemma"),
-                     seed=22)
+def gemma(tmp_path_factory) -> DecoderSetup:
+    return DecoderSetup.build("gemma", GEMMA.parity["gemma-gqa-headdim-bias-untied-linear"],
+                              tmp_path_factory.mktemp("gemma"), seed=22)
 
 
 # --- configs ------------------------------------------------------------------------------------
@@ -246,39 +217,14 @@ def test_soft_caps_and_the_window_change_the_output(gemma2):
         assert moved > 1e3 * tol, f"{change}: {moved}"
 
 
-def _cached_run(call, ids, mask, cache):
-    """Prefill `PROMPT` columns, then one column at a time: `[(logits, hidden states)]`, one per call."""
-    out = call(jnp.asarray(ids[:, :PROMPT], jnp.int32), jnp.asarray(mask[:, :PROMPT]), cache)
-    outs, cache = [(out.logits, out.hidden_states)], out.cache
-    for col in range(PROMPT, ids.shape[1]):
-        out = call(jnp.asarray(ids[:, col:col + 1], jnp.int32), jnp.asarray(mask[:, col:col + 1]), cache)
-        outs.append((out.logits, out.hidden_states))
-        cache = out.cache
-    assert int(cache.index) == ids.shape[1]
-    return outs
-
-
 @pytest.mark.parametrize("face", ["linen", "nnx"])
 def test_kv_cache_prefill_then_decode_matches_hf_full_forward(gemma2, face):
     """The prefill equals HF's forward on the prompt (every prompt longer than the window); each
     decoded token's logits and hidden states equal HF's full forward over the sequence so far at
     its last column, past the window, with a cache longer than the sequence."""
     ids, mask = left_padded(TOTAL, seed=2)
-    if face == "linen":
-        apply = jax.jit(lambda v, i, m, c: gemma2.module.apply(v, i, m, cache=c, return_hidden_states=True))
-        outs = _cached_run(lambda i, m, c: apply(gemma2.variables, i, m, c), ids, mask,
-                           gemma2.module.init_cache(B, TOTAL + 3))
-    else:
-        outs = _cached_run(lambda i, m, c: gemma2.lm(i, m, cache=c, return_hidden_states=True), ids, mask,
-                           gemma2.lm.init_cache(B, TOTAL + 3))
-    ref_logits, ref_hidden = parity.decoder_reference_outputs(gemma2.hf, ids[:, :PROMPT], mask[:, :PROMPT])
-    assert_matches(*outs[0], ref_logits, ref_hidden, mask[:, :PROMPT], f"{face} prefill")
-    for step, (logits, hidden) in enumerate(outs[1:]):
-        n = PROMPT + step + 1
-        ref_logits, ref_hidden = parity.decoder_reference_outputs(gemma2.hf, ids[:, :n], mask[:, :n])
-        assert logits.shape == (B, 1, VOCAB)
-        assert_matches(logits, hidden, ref_logits[:, -1:], [h[:, -1:] for h in ref_hidden], mask[:, n - 1:n],
-                       f"{face} decode step {step} (column {n - 1})")
+    call, init_cache = cached_calls(gemma2.module, gemma2.variables, gemma2.lm)[face]
+    assert_cache_matches_hf(gemma2.hf, call, init_cache(B, TOTAL + 3), ids, mask, PROMPT, face)
 
 
 def lone_eos(free: np.ndarray, row: int) -> tuple[int, int]:
@@ -363,10 +309,10 @@ def test_real_width_matches_pytorch(family, name, tmp_path):
     module, variables = jimm_linen.from_pretrained(tmp_path)
     out = jax.jit(lambda v, i, m: module.apply(v, i, m, return_hidden_states=True))(
         variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
-    assert_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask, "linen")
+    assert_decoder_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask, "linen")
     lm = getattr(jimm_nnx, decoders()[family].nnx_name).from_pretrained(tmp_path, sharding=jimm_nnx.NoSharding())
     out = lm(jnp.asarray(ids, jnp.int32), jnp.asarray(mask), return_hidden_states=True)
-    assert_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask, "nnx")
+    assert_decoder_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask, "nnx")
 
 
 # --- the legacy HF Flax Gemma (transformers 4.57.6) ---------------------------------------------
@@ -399,4 +345,4 @@ def test_gemma_matches_legacy_flax(tmp_path):
     with jax.default_matmul_precision("highest"):
         out = jax.jit(lambda v, i, m: module.apply(v, i, m, return_hidden_states=True))(
             variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
-    assert_matches(out.logits, out.hidden_states, legacy["logits"], legacy["hidden_states"], mask, "legacy flax")
+    assert_decoder_matches(out.logits, out.hidden_states, legacy["logits"], legacy["hidden_states"], mask, "legacy flax")

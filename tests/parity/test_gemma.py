@@ -296,7 +296,7 @@ def test_tokamax_runs_the_soft_cap_and_window(gemma2):
 # --- real widths --------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, name", [("gemma", "gemma-2b-2layers"), ("gemma2", "gemma-2-2b-2layers")])
+@pytest.mark.parametrize("family, name", [("gemma", "gemma-2b-2layers"), ("gemma2", "gemma-2-2b-width-2layers")])
 def test_real_width_matches_pytorch(family, name, tmp_path):
     """Gemma-2B's width (8 heads of 256 over 2048, one key/value head) and Gemma-2-2B's (8 heads
     of 256 over 2304, 4 key/value heads, its soft-caps), one layer each (a 4096 window is no

@@ -25,11 +25,16 @@ PARITY = {
         hidden_activation="gelu", hidden_act="silu", rms_norm_eps=2e-6,
         rope_parameters=dict(rope_type="default", rope_theta=100000.0)),
 }
-# Gemma-2-2B's width, heads, window and soft-caps, with 2 of its 26 layers (one sliding, one full).
-PARITY_FULL = {"gemma-2-2b-2layers": dict(
-    vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=2, num_attention_heads=8,
+# Gemma-2-2B's width, heads, window and soft-caps, with 2 of its 26 layers (one sliding, one full),
+# an untied head and 32768 of its 256000 tokens. Tied, the random embedding rows (N(0, 1), as
+# `randomize_` makes them) give logits in the thousands that the real cap of 30 saturates into
+# exact ties, which no greedy comparison can order; untied at the full vocabulary, the two heads
+# of 590M parameters each outgrow this 24 GiB machine's memory over the references and both faces.
+PARITY_FULL = {"gemma-2-2b-width-2layers": dict(
+    vocab_size=32768, hidden_size=2304, intermediate_size=9216, num_hidden_layers=2, num_attention_heads=8,
     num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
-    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, rms_norm_eps=1e-6, max_position_embeddings=8192,
-    rope_parameters=dict(rope_type="default", rope_theta=10000.0), bos_token_id=2, eos_token_id=1, pad_token_id=0)}
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, tie_word_embeddings=False, rms_norm_eps=1e-6,
+    max_position_embeddings=8192, rope_parameters=dict(rope_type="default", rope_theta=10000.0), bos_token_id=2,
+    eos_token_id=1, pad_token_id=0)}
 
 FAMILIES = (decoder_family("gemma2", Gemma2, Gemma2Config, hf.keymap, "Gemma2", PARITY, PARITY_FULL),)

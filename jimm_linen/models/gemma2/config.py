@@ -25,7 +25,7 @@ class Gemma2Config(GemmaConfig):
     num_attention_heads: int = 8
     num_key_value_heads: int | None = 4
     hidden_activation: str = "gelu_pytorch_tanh"
-    query_pre_attn_scalar: float = 256
+    query_pre_attn_scalar: int = 256
     sliding_window: int | None = 4096
     layer_types: tuple[str, ...] | None = None
     final_logit_softcapping: float | None = 30.0

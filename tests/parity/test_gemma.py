@@ -60,6 +60,7 @@ def gemma2(tmp_path_factory) -> DecoderSetup:
     s = DecoderSetup.build("gemma2", CONFIG, tmp_path_factory.mktemp("gemma2"), seed=21)
     assert s.hf.config.layer_types == list(s.module.config.layer_kinds()) == [
         "sliding_attention", "full_attention", "sliding_attention"]
+    assert left_padded(PROMPT, 0)[1].sum(1).min() > W
     return s
 
 
@@ -116,9 +117,9 @@ def test_published_configs_read_as_hf_reads_them(published):
         assert {k for k, _ in ours.kept} >= {"hidden_act", "cache_implementation", "sliding_window_size"}
     back = ours.to_hf_config()
     assert family.config_cls.from_hf_config(back) == ours
-    kept = {"hidden_act"} if family is GEMMA else set()  # written as HF writes it, tanh spelled out
-    assert {k: back[k] for k in published if k not in ("rope_theta", "rope_scaling", *kept)} == {
-        k: v for k, v in published.items() if k not in ("rope_theta", "rope_scaling", *kept)}
+    rewritten = {"rope_theta", "rope_scaling", *({"hidden_act"} if family is GEMMA else ())}  # as HF writes them
+    assert {k: back[k] for k in published if k not in rewritten} == {
+        k: v for k, v in published.items() if k not in rewritten}
     assert transformers.CONFIG_MAPPING[published["model_type"]].from_dict(back).to_dict() == hf.to_dict()
 
 
@@ -158,7 +159,7 @@ def test_unsupported_configs_are_named(family, edit, message, gemma, gemma2, tmp
         jimm_nnx.CausalLM.from_pretrained(bad, sharding=jimm_nnx.NoSharding())
 
 
-def test_the_bidirectional_switch_off_is_kept(gemma):
+def test_the_bidirectional_switch_off_is_kept():
     for off in (False, None):
         config = GEMMA.config_cls.from_hf_config(dict(GEMMA_2B, use_bidirectional_attention=off))
         assert config.to_hf_config()["use_bidirectional_attention"] is off
@@ -284,8 +285,8 @@ def test_chunked_training_loss_soft_caps_as_hf_labels_loss(gemma2):
 
 
 def test_tokamax_runs_the_soft_cap_and_window(gemma2):
-    """Through tokamax with a fallback list: cuDNN cannot soft-cap (on GPU it says so; here it
-    is not for CPU) and the list moves on to `xla_chunked`, which gives HF's logits."""
+    """Through tokamax with a fallback list: cuDNN refuses (on a GPU because it cannot soft-cap,
+    here because this is a CPU) and the list moves on to `xla_chunked`, which gives HF's logits."""
     ids, mask = left_padded(PROMPT + 4, seed=5)
     ref_logits, _ = parity.decoder_reference_outputs(gemma2.hf, ids, mask)
     module = gemma2.module.clone(attention_fn=make_tokamax_attention(["cudnn", "xla_chunked"]))

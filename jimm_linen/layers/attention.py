@@ -89,7 +89,8 @@ class Attention(nn.Module):
     """The decoders' self-attention over `block_inputs.Shared` / `Own`: grouped-query
     (`num_kv_heads` key/value heads, kernels named `kv_heads`), optional q/k RMSNorm (`qk_norm`
     "head": over each head, Qwen3; "projection": over the whole projection, OLMo 2) before the
-    rotary embedding of the layer's attention kind, the layer's sliding window, `scale` (default
+    rotary embedding of the layer's attention kind (`norm_eps`, `norm_order`, `norm_offset` as
+    `RMSNorm`'s: Gemma 3's `1 + w`), the layer's sliding window, `scale` (default
     `head_dim ** -0.5`) and `logits_soft_cap`, and the layer's KV cache.
 
     The mask is built here from the query and key slots, the keys' validity and the window.
@@ -106,6 +107,7 @@ class Attention(nn.Module):
     qk_norm: str | None = None
     norm_eps: float = 1e-6
     norm_order: str = "cast_then_scale"
+    norm_offset: float = 0.0
     scale: float | None = None
     logits_soft_cap: float | None = None
     attention_fn: Any = None
@@ -151,7 +153,7 @@ class Attention(nn.Module):
 
     def _norm(self, name, x):
         norm = RMSNorm(self.norm_eps, self.norm_order, dtype=self.dtype, param_dtype=self.param_dtype,
-                       axis_name="kv" if self.qk_norm == "head" else None, name=name)
+                       axis_name="kv" if self.qk_norm == "head" else None, offset=self.norm_offset, name=name)
         if self.qk_norm == "head":
             return norm(x)
         return norm(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)

@@ -94,6 +94,8 @@ class CausalLMConfig:
     architecture: ClassVar[str] = ""
     qk_norm: ClassVar[str | None] = None
     norm_order: ClassVar[str] = "cast_then_scale"
+    # Added to every RMSNorm weight in float32 (Gemma stores `w` for a scale of `1 + w`).
+    norm_offset: ClassVar[float] = 0.0
     mlp_bias: ClassVar[bool] = False
     # Fields of ours that the family's HF modeling code never reads (HF hard-codes the value).
     hf_unread: ClassVar[tuple[str, ...]] = ()
@@ -266,7 +268,7 @@ class CausalLM(Model):
     def final_norm(self) -> functools.partial:
         """The final norm's module, to be called with `name=`."""
         cfg = self.config
-        return functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.norm_order, dtype=self.dtype,
+        return functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.norm_order, offset=cfg.norm_offset, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
 
     def embed(self, input_ids, positions):

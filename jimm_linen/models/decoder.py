@@ -174,6 +174,10 @@ class CausalLMConfig:
         runtime switch (`use_cache`, `dtype`, ...).
         A field whose value asks for what we do not implement is an error naming it."""
         hf = {k: v for k, v in hf.items() if k not in ("model_type", "architectures")}
+        # HF's mask functions read `is_causal` from any config (getattr, default True).
+        if hf.get("is_causal", True) is not True:
+            raise ValueError(f"is_causal={hf['is_causal']!r} (bidirectional attention, which HF's masks read from "
+                             f"config.json) is not supported: jimm's decoders are causal")
         cls.refuse(hf)
         rope = Rope.from_hf(hf)
         own = {k: hf.pop(k) for k in cls._own_fields() if k in hf}

@@ -124,8 +124,9 @@ class Attention(nn.Module):
         v = _project("value", x, self.num_kv_heads, self.head_dim, "kv_heads", self.use_bias, kw)
         if self.qk_norm:
             q, k = self._norm("query_norm", q), self._norm("key_norm", k)
-        cos, sin = shared.select(own.kind, shared.rotary)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        rotary = shared.select(own.kind, shared.rotary)
+        if rotary is not None:  # None: a family without rotary embeddings (GPT-2)
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         keys = values = None
         if own.keys is not None:
             keys, values = write_layer(own.keys, own.values, k, v, shared.index)

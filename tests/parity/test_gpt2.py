@@ -115,6 +115,10 @@ def test_forward_matches_hf_linen_nnx_and_loop(setup):
     loop, loop_variables = jimm_linen.from_pretrained(setup.directory, scan=False)
     out = jax.jit(lambda v, i, m: loop.apply(v, i, m, return_hidden_states=True))(loop_variables, *inputs)
     assert_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask, "loop")
+    # tokamax takes its scale as a Python float: the traced one goes into the query.
+    tokamax, _ = jimm_linen.from_pretrained(setup.directory, attention_fn=jimm_linen.make_tokamax_attention("xla"))
+    logits = jax.jit(tokamax.apply)(setup.variables, *inputs)
+    assert_close(parity.real_positions(logits, mask), parity.real_positions(ref_logits, mask), what="tokamax logits")
     # The per-layer scale matters here: one scale for every layer gives other logits.
     plain = dataclasses.replace(setup.module.config, scale_attn_by_inverse_layer_idx=False)
     other = jax.jit(setup.module.clone(config=plain).apply)(setup.variables, *inputs)

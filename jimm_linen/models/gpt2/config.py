@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from jimm_linen.activations import get_activation
+from jimm_linen.activations import ACTIVATIONS
 from jimm_linen.models.decoder import CausalLMConfig
 
 # HF's `GPT2Config.attribute_map` (what a config.json may spell either way) reversed: the
@@ -74,10 +74,9 @@ class GPT2Config(CausalLMConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"n_embd {self.hidden_size} is not divisible by n_head {self.num_attention_heads} "
                              f"(GPT-2 gives every head n_embd / n_head dims)")
-        try:
-            get_activation(self.activation_function)
-        except ValueError as e:
-            raise ValueError(f"activation_function: {e}") from None
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"unsupported activation_function {self.activation_function!r}; supported: "
+                             f"{sorted(ACTIVATIONS)}")
         if self.n_inner is not None and (isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int)
                                          or self.n_inner < 1):
             raise ValueError(f"n_inner must be a positive int or None (4 * n_embd), got {self.n_inner!r}")

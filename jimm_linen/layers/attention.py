@@ -113,6 +113,7 @@ class Attention(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
+    out_kernel_init: Any = None  # the output projection's, where it differs (GPT-2's residual scaling)
 
     @nn.compact
     def __call__(self, x, shared: Shared, own: Own):
@@ -148,7 +149,8 @@ class Attention(nn.Module):
                 rule &= _in_window(slots, jnp.arange(keys.shape[1]), window)
             mask = shared.key_valid[:, None, None, :] & rule[None, None]
             out = _attend(self, q, keys, values, shared.deterministic, mask=mask, **options)
-        return _output(out, x.shape[-1], self.out_bias, kw), keys, values
+        out_kw = kw if self.out_kernel_init is None else dict(kw, kernel_init=self.out_kernel_init)
+        return _output(out, x.shape[-1], self.out_bias, out_kw), keys, values
 
     def _norm(self, name, x):
         norm = RMSNorm(self.norm_eps, self.norm_order, dtype=self.dtype, param_dtype=self.param_dtype,

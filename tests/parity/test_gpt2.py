@@ -450,6 +450,29 @@ def test_the_loss_is_hfs_and_train_steps_with_dropout_lower_it(setup, dropping):
     assert float(after) < 0.9 * float(loss), (float(loss), float(after))
 
 
+def test_a_fresh_model_is_initialised_as_hfs():
+    """From a config (training from scratch): both `c_proj`s scaled by 1 / sqrt(2 * n_layer)
+    against the other kernels, as HF's `_init_weights` does; the embeddings at N(0, 0.02). (The
+    kernels are truncated normals, HF's plain ones: the ratio is what both share.)"""
+    import flax.linen as nn
+    import transformers
+
+    kwargs = dict(vocab_size=256, n_embd=128, n_layer=3, n_head=4, n_positions=64)
+    torch.manual_seed(0)
+    hf = dict(transformers.GPT2LMHeadModel(transformers.GPT2Config(**kwargs)).named_parameters())
+    module = jimm_linen.GPT2(FAMILY.config_cls.from_hf_config(kwargs))
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
+    layers = params["decoder"]["layers"]
+    std = lambda x: float(np.std(np.asarray(x)))  # noqa: E731
+    hf_std = lambda name: std(torch.stack([hf[f"transformer.h.{i}.{name}.weight"].detach() for i in range(3)]))  # noqa: E731
+    for (block, dense), theirs in ((("self_attention", "out"), "attn.c_proj"), (("mlp", "Dense_1"), "mlp.c_proj")):
+        ours_ratio = std(layers[block][dense]["kernel"]) / std(layers["mlp"]["Dense_0"]["kernel"])
+        hf_ratio = hf_std(theirs) / hf_std("mlp.c_fc")
+        assert abs(ours_ratio / hf_ratio - 1) < 0.03, (theirs, ours_ratio, hf_ratio)
+    for ours, theirs in (("token_embedder", "wte"), ("position_embedder", "wpe")):
+        assert abs(std(params[ours]["embedding"]) / std(hf[f"transformer.{theirs}.weight"].detach()) - 1) < 0.05, ours
+
+
 # --- real width and the legacy HF Flax GPT-2 ------------------------------------------------------
 
 @pytest.mark.slow

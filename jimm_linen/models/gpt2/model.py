@@ -5,6 +5,7 @@ LayerNorm and the head tied to the token table. No rotary embeddings."""
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,7 @@ import numpy as np
 
 from jimm_linen.layers.attention import Attention
 from jimm_linen.layers.embed import Embed
+from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.mlp import MlpBlock
 from jimm_linen.layers.norm import LayerNorm
 from jimm_linen.models.decoder import CausalLM, DecoderBlock
@@ -35,6 +37,12 @@ def attention_scale(config: GPT2Config, layer) -> float | jax.Array:
 class GPT2Block(DecoderBlock):
     """`x + Drop(Attn(LN(x)))`, then `x + Drop(MLP(LN(x)))`: HF's `ln_1`, `attn`, `ln_2`, `mlp`."""
 
+    @property
+    def out_kernel_init(self):
+        """HF's init of both `c_proj`s (the GPT-2 paper's): the residual branches' last kernels
+        scaled by 1 / sqrt(2 * n_layer)."""
+        return default_kernel_init(self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers))
+
     @nn.compact
     def __call__(self, x, shared, own):
         cfg, kw = self.config, self.kw
@@ -42,12 +50,13 @@ class GPT2Block(DecoderBlock):
         h, keys, values = Attention(
             num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
             use_bias=True, out_bias=True, scale=attention_scale(cfg, own.layer), attention_fn=self.attention_fn,
-            attention_dropout=cfg.attn_pdrop, kernel_init=self.kernel_init, name="self_attention", **kw,
+            attention_dropout=cfg.attn_pdrop, kernel_init=self.kernel_init, out_kernel_init=self.out_kernel_init,
+            name="self_attention", **kw,
         )(h, shared, own)
         x = x + nn.Dropout(cfg.resid_pdrop, name="attention_dropout")(h, deterministic=shared.deterministic)
         h = LayerNorm(cfg.layer_norm_epsilon, name="pre_mlp_norm", **kw)(x)
         h = MlpBlock(cfg.intermediate_size, cfg.activation_function, use_bias=True, kernel_init=self.kernel_init,
-                     name="mlp", **kw)(h)
+                     out_kernel_init=self.out_kernel_init, name="mlp", **kw)(h)
         x = x + nn.Dropout(cfg.resid_pdrop, name="mlp_dropout")(h, deterministic=shared.deterministic)
         return self.out(x, keys, values)
 

@@ -270,8 +270,9 @@ def test_nothing_else_is_ignored(setup, tmp_path):
                            r"keys naming the same parameter: .*transformer\.wpe\.weight and wpe\.weight"),
         "missing-c_attn": ({k: v for k, v in saved.items() if k != "transformer.h.1.attn.c_attn.weight"},
                            r"missing keys: .*transformer\.h\.1\.attn\.c_attn\.weight"),
-        "fused-mis-shaped": ({**saved, "transformer.h.0.attn.c_attn.weight": saved["transformer.h.0.attn.c_attn.weight"][:, :72]},
-                             r"transformer\.h\.0\.attn\.c_attn\.weight: checkpoint \(36, 72\), model expects \(36, 108\)"),
+        "fused-mis-shaped": (
+            {**saved, "transformer.h.0.attn.c_attn.weight": saved["transformer.h.0.attn.c_attn.weight"][:, :72]},
+            r"transformer\.h\.0\.attn\.c_attn\.weight: checkpoint \(36, 72\), model expects \(36, 108\)"),
     }
     for name, (tensors, message) in cases.items():
         bad = _write(tmp_path / name, tensors, config)
@@ -313,7 +314,8 @@ def test_published_configs_read_as_hf_reads_them(published):
             "n_positions": config.n_positions, "vocab_size": config.vocab_size,
             "activation_function": config.activation_function, "layer_norm_epsilon": config.layer_norm_epsilon,
             "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
-            "reorder_and_upcast_attn": config.reorder_and_upcast_attn, "tie_word_embeddings": config.tie_word_embeddings}
+            "reorder_and_upcast_attn": config.reorder_and_upcast_attn,
+            "tie_word_embeddings": config.tie_word_embeddings}
     assert ours == {k: getattr(hf, k) for k in ours}
     assert (config.head_dim, config.intermediate_size, config.eos_token_ids) == (64, 3072, (50256,))
     back = config.to_hf_config()
@@ -357,7 +359,8 @@ def test_bad_config_fields_are_refused_by_name(edit, message, setup, tmp_path):
     (bad / "model.safetensors").symlink_to(setup.directory / "model.safetensors")
     (bad / "config.json").write_text(json.dumps(dict(json.loads((setup.directory / "config.json").read_text()),
                                                      **edit)))
-    for load in (jimm_linen.from_pretrained, lambda d: jimm_nnx.CausalLM.from_pretrained(d, sharding=jimm_nnx.NoSharding())):
+    for load in (jimm_linen.from_pretrained,
+                 lambda d: jimm_nnx.CausalLM.from_pretrained(d, sharding=jimm_nnx.NoSharding())):
         with pytest.raises(ValueError, match=message):
             load(bad)
 
@@ -464,7 +467,9 @@ def test_a_fresh_model_is_initialised_as_hfs():
     params = nn.unbox(jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
     layers = params["decoder"]["layers"]
     std = lambda x: float(np.std(np.asarray(x)))  # noqa: E731
-    hf_std = lambda name: std(torch.stack([hf[f"transformer.h.{i}.{name}.weight"].detach() for i in range(3)]))  # noqa: E731
+    def hf_std(name):  # over the layers, as ours (stacked)
+        return std(torch.stack([hf[f"transformer.h.{i}.{name}.weight"].detach() for i in range(3)]))
+
     for (block, dense), theirs in ((("self_attention", "out"), "attn.c_proj"), (("mlp", "Dense_1"), "mlp.c_proj")):
         ours_ratio = std(layers[block][dense]["kernel"]) / std(layers["mlp"]["Dense_0"]["kernel"])
         hf_ratio = hf_std(theirs) / hf_std("mlp.c_fc")

@@ -33,7 +33,9 @@ def keymap(config) -> ckpt.KeyMap:
         ckpt.Rule(f"{layer}.mlp.c_proj.bias", f"{block}/mlp/Dense_1/bias"),
         *ckpt.norm(f"{PREFIX}ln_f", "decoder/decoder_norm"),
     ]
-    head = [] if config.tie_word_embeddings else [ckpt.Rule("lm_head.weight", "logits_dense/kernel", ckpt.LinearKernel())]
+    if config.tie_word_embeddings:  # the head is `wte`: a stored lm_head.weight must hold its values
+        head, tied = [], {"lm_head.weight": f"{PREFIX}wte.weight"}
+    else:
+        head, tied = [ckpt.Rule("lm_head.weight", "logits_dense/kernel", ckpt.LinearKernel())], None
     bare = [ckpt.Rule(r.hf.removeprefix(PREFIX), r.linen, r.transform) for r in body]
-    tied = {"lm_head.weight": f"{PREFIX}wte.weight"} if config.tie_word_embeddings else None
     return ckpt.KeyMap([*body, *head], aliases=bare, ignore=IGNORED, tied=tied)

@@ -62,9 +62,11 @@ class GPT2Block(DecoderBlock):
 
 
 def check_positions(positions, n_positions: int) -> None:
-    """Positions outside the learned table are an error where they are concrete; traced (inside
-    `jit`), their embedding is NaN (`jnp.take`'s fill), never another row's. Generation refuses
-    a prompt + `max_new_tokens` past `n_positions` before it runs."""
+    """Positions outside the learned table are an error where they are concrete. Traced (inside
+    `jit`) they cannot be checked: their embedding is NaN (`jnp.take`'s fill), never another
+    position's, and the NaN spreads over that sequence's outputs (zero probabilities times NaN
+    values), not the batch's other rows. Generation refuses a prompt + `max_new_tokens` past
+    `n_positions` before it runs."""
     if isinstance(positions, jax.core.Tracer) or not positions.size:
         return
     pos = np.asarray(positions)

@@ -22,7 +22,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
@@ -434,23 +433,16 @@ def test_dropout_is_hfs_in_training_and_off_in_eval(setup, dropping):
         assert not np.allclose(logits, np.asarray(evaluated.logits), atol=1e-3), f"{name} drops nothing"
 
 
-def test_the_loss_is_hfs_and_train_steps_with_dropout_lower_it(setup, dropping):
+def test_the_loss_is_hfs(setup):
+    """The next-token loss (eval) over the targets whose token and predecessor are real, as HF's
+    `labels=` loss over the same targets. (A train step on GPT-2, dropout on, costs ~8 s of
+    compiling here: tests/test_training.py runs the step's machinery on Llama.)"""
     ids, mask = left_padded(TOTAL, seed=9)
-    loss_fn = jax.jit(lambda v, i, m: training.next_token_loss(dropping, v, i, m))
-    inputs = (jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
-    loss, count = loss_fn(setup.variables, *inputs)
-    ref = lmc.hf_forward(setup.hf, ids, mask)  # HF's `labels=` loss over the same targets
+    loss, count = jax.jit(lambda v, i, m: training.next_token_loss(setup.module, v, i, m))(
+        setup.variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
+    ref = lmc.hf_forward(setup.hf, ids, mask)
     assert int(count) == int(lmc.hand_weights(mask.astype(bool)).sum())
     assert_close(loss, ref.loss.item(), what="next-token loss")
-    tx = optax.adam(1e-2)
-    # The step donates its state: a copy keeps the fixture's parameters alive.
-    state = training.init_train_state(dropping, tx, jax.tree.map(jnp.copy, setup.variables["params"]))
-    step = training.make_train_step(dropping, tx)
-    batch = {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(bool)}
-    for i in range(3):
-        state, _ = step(state, batch, jax.random.key(i))
-    after, _ = loss_fn({"params": state.params}, *inputs)
-    assert float(after) < 0.9 * float(loss), (float(loss), float(after))
 
 
 def test_a_fresh_model_is_initialised_as_hfs():

@@ -178,21 +178,27 @@ def randomize_(model, seed: int) -> None:
     """Replace every tensor of `model` with seeded noise, the norm weights too: HF starts norms at
     1 and biases at 0, which would hide a swapped, dropped or misplaced one. Matrices are
     N(0, 1/fan_in) and embeddings N(0, 1), so that activations stay O(1) through the blocks;
-    norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor)."""
+    norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor).
+    Norms and embeddings are known by name (`norm`, `embed`) or by module (GPT-2's `ln_1`,
+    `wte`, `wpe`); GPT-2's `Conv1D` stores `(in, out)` where torch's `Linear` has `(out, in)`."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
+    owner = {f"{prefix}.{name}" if prefix else name: module for prefix, module in model.named_modules()
+             for name, _ in module.named_parameters(recurse=False)}
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            module = owner[name]
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if "norm" in name:
+            if "norm" in name or (isinstance(module, torch.nn.LayerNorm) and name.endswith(".weight")):
                 p.copy_(1.0 + 0.5 * noise)
             elif p.ndim == 1:
                 p.copy_(0.5 * noise)
-            elif "embed" in name:
+            elif "embed" in name or isinstance(module, torch.nn.Embedding):
                 p.copy_(noise)
             else:
-                p.copy_(noise / p.shape[1] ** 0.5)
+                p.copy_(noise / p.shape[0 if isinstance(module, Conv1D) else 1] ** 0.5)
 
 
 def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):

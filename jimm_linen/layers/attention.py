@@ -115,6 +115,7 @@ class Attention(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
+    out_kernel_init: Any = None  # the output projection's, where it differs (GPT-2's residual scaling)
 
     @nn.compact
     def __call__(self, x, shared: Shared, own: Own):
@@ -126,8 +127,9 @@ class Attention(nn.Module):
         v = _project("value", x, self.num_kv_heads, self.head_dim, "kv_heads", self.use_bias, kw)
         if self.qk_norm:
             q, k = self._norm("query_norm", q), self._norm("key_norm", k)
-        cos, sin = shared.select(own.kind, shared.rotary)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        rotary = shared.select(own.kind, shared.rotary)
+        if rotary is not None:  # None: a family without rotary embeddings (GPT-2)
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         keys = values = None
         if own.keys is not None:
             keys, values = write_layer(own.keys, own.values, k, v, shared.index)
@@ -149,7 +151,8 @@ class Attention(nn.Module):
                 rule &= _in_window(slots, jnp.arange(keys.shape[1]), window)
             mask = shared.key_valid[:, None, None, :] & rule[None, None]
             out = _attend(self, q, keys, values, shared.deterministic, mask=mask, **options)
-        return _output(out, x.shape[-1], self.out_bias, kw), keys, values
+        out_kw = kw if self.out_kernel_init is None else dict(kw, kernel_init=self.out_kernel_init)
+        return _output(out, x.shape[-1], self.out_bias, out_kw), keys, values
 
     def _norm(self, name, x):
         norm = RMSNorm(self.norm_eps, self.norm_order, dtype=self.dtype, param_dtype=self.param_dtype,

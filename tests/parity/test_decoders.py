@@ -182,15 +182,7 @@ LEGACY_LLAMA = dict(vocab_size=96, hidden_size=48, intermediate_size=64, num_hid
 @pytest.mark.legacy_flax
 def test_llama_matches_legacy_flax(tmp_path):
     ref = build("llama", LEGACY_LLAMA, tmp_path / "checkpoint", seed=7)
-    inputs = {"input_ids": ref.ids, "attention_mask": ref.mask, "position_ids": parity.hf_position_ids(ref.mask)}
-    for name, array in inputs.items():
-        np.save(tmp_path / f"{name}.npy", array)
-    job = dict(checkpoint=ref.directory, out=tmp_path / "legacy", model_class="FlaxLlamaForCausalLM",
-               inputs={name: tmp_path / f"{name}.npy" for name in inputs})
-    legacy_flax.run_reference([job], tmp_path)
-    legacy = legacy_flax.load_outputs(tmp_path / "legacy")
-    assert legacy["meta"]["transformers_version"] == legacy_flax.TRANSFORMERS_VERSION
-    assert legacy["meta"]["model_class"] == "FlaxLlamaForCausalLM"
+    legacy = legacy_flax.run_decoder(ref.directory, "FlaxLlamaForCausalLM", ref.ids, ref.mask, tmp_path)
 
     model, variables = jimm_linen.from_pretrained(ref.directory)
     with jax.default_matmul_precision("highest"):

@@ -329,15 +329,7 @@ LEGACY_GEMMA = dict(vocab_size=96, hidden_size=48, intermediate_size=64, num_hid
 def test_gemma_matches_legacy_flax(tmp_path):
     hf = parity.build_decoder_reference("gemma", LEGACY_GEMMA, tmp_path / "checkpoint", seed=7)
     ids, mask = parity.left_padded_ids(3, parity.DECODER_LENGTH, LEGACY_GEMMA["vocab_size"], seed=7)
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": parity.hf_position_ids(mask)}
-    for name, array in inputs.items():
-        np.save(tmp_path / f"{name}.npy", array)
-    job = dict(checkpoint=tmp_path / "checkpoint", out=tmp_path / "legacy", model_class="FlaxGemmaForCausalLM",
-               inputs={name: tmp_path / f"{name}.npy" for name in inputs})
-    legacy_flax.run_reference([job], tmp_path)
-    legacy = legacy_flax.load_outputs(tmp_path / "legacy")
-    assert legacy["meta"]["transformers_version"] == legacy_flax.TRANSFORMERS_VERSION
-    assert legacy["meta"]["model_class"] == "FlaxGemmaForCausalLM"
+    legacy = legacy_flax.run_decoder(tmp_path / "checkpoint", "FlaxGemmaForCausalLM", ids, mask, tmp_path)
     # The legacy model is a second reference, not HF's current one under another name.
     ref_logits, _ = parity.decoder_reference_outputs(hf, ids, mask)
     assert_close(real(legacy["logits"], mask), real(ref_logits, mask), what="legacy flax vs PyTorch")

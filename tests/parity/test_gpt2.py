@@ -501,15 +501,7 @@ LEGACY_GPT2 = dict(vocab_size=96, n_embd=48, n_layer=2, n_head=6, n_inner=40, ac
 def test_matches_legacy_flax(tmp_path):
     parity.build_decoder_reference("gpt2", LEGACY_GPT2, tmp_path / "checkpoint", seed=24)
     ids, mask = left_padded(TOTAL, seed=10)
-    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": parity.hf_position_ids(mask)}
-    for name, array in inputs.items():
-        np.save(tmp_path / f"{name}.npy", array)
-    job = dict(checkpoint=tmp_path / "checkpoint", out=tmp_path / "legacy", model_class="FlaxGPT2LMHeadModel",
-               inputs={name: tmp_path / f"{name}.npy" for name in inputs})
-    legacy_flax.run_reference([job], tmp_path)
-    legacy = legacy_flax.load_outputs(tmp_path / "legacy")
-    assert legacy["meta"]["model_class"] == "FlaxGPT2LMHeadModel"
-    assert legacy["meta"]["transformers_version"] == legacy_flax.TRANSFORMERS_VERSION
+    legacy = legacy_flax.run_decoder(tmp_path / "checkpoint", "FlaxGPT2LMHeadModel", ids, mask, tmp_path)
     assert legacy["meta"]["config"]["n_inner"] == 40 and len(legacy["hidden_states"]) == 3
 
     module, variables = jimm_linen.from_pretrained(tmp_path / "checkpoint")

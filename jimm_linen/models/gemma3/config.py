@@ -103,6 +103,8 @@ class Gemma3Config(Gemma2Config):
     def to_hf_config(self) -> dict[str, Any]:
         """transformers 5's form: `rope_parameters` keyed by layer type."""
         hf = super().to_hf_config()
+        if hf["layer_types"] is not None:
+            hf["layer_types"] = list(hf["layer_types"])
         hf["rope_parameters"] = {FULL: self.rope.to_hf()["rope_parameters"],
                                  SLIDING: self.local_rope.to_hf()["rope_parameters"]}
         return hf

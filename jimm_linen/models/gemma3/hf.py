@@ -10,9 +10,10 @@ from jimm_linen.models.gemma2 import hf as gemma2_hf
 
 keymap = gemma2_hf.keymap
 
-# The text model's prefix in `Gemma3ForConditionalGeneration` files: transformers 5 writes
-# `model.language_model.*` and `lm_head.weight`; older files `language_model.model.*` and
-# `language_model.lm_head.weight` (read as aliases).
+# The text model's prefix in `Gemma3ForConditionalGeneration` files: transformers 5's module
+# names `model.language_model.*` and `lm_head.weight`, which some files store, and the names
+# transformers 4 and 5.25 save, `language_model.model.*` and `language_model.lm_head.weight`
+# (read as aliases: we never write a multimodal checkpoint).
 PREFIXES = {"model.": ("model.language_model.", "language_model.model."),
             "lm_head.": ("lm_head.", "language_model.lm_head.")}
 # The vision tower and the projector, beside the text model in either layout: a text-only

@@ -31,7 +31,8 @@ import jimm_linen
 import jimm_nnx
 from jimm_linen.registry import decoders, families
 from jimm_nnx import reference as parity
-from tests.helpers import DecoderSetup, assert_cache_matches_hf, assert_close, assert_decoder_matches, bound, cached_calls
+from tests.helpers import (DecoderSetup, assert_cache_matches_hf, assert_close, assert_decoder_matches, bound,
+                           cached_calls)
 
 GEMMA3 = decoders()["gemma3_text"]
 S, F = "sliding_attention", "full_attention"
@@ -216,6 +217,56 @@ def normalised(rope_parameters: dict) -> dict:
     beside `rope_type`, and the `factor` of a "default" rope."""
     return {kind: {k: v for k, v in p.items() if k != "type" and not (k == "factor" and p["rope_type"] == "default")}
             for kind, p in rope_parameters.items()}
+
+
+# The fields of google/gemma-3-1b-it's config.json (transcribed: no hub here): the older rope
+# spelling, `sliding_window_pattern`, `cache_implementation` (which HF's config class does not
+# define), both soft-caps null. google/gemma-3-4b-it's text_config in its multimodal file adds the
+# global linear scaling (factor 8) and omits what its defaults give.
+GEMMA_3_1B = {
+    "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": [1, 106],
+    "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+    "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768,
+    "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1,
+    "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+    "rope_scaling": None, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+    "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0", "use_cache": True, "vocab_size": 262144}
+GEMMA_3_4B = {
+    "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+    "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256,
+    "model_type": "gemma3", "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                    "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                      "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                      "patch_size": 14, "vision_use_head": False}}
+
+
+def test_published_configs_read_as_hf_reads_them():
+    """gemma-3-1b-it as `Gemma3TextConfig` reads it; gemma-3-4b-it's text part as `Gemma3Config`
+    reads its `text_config`: sizes, every layer's kind, both ropes; the 1B's written back, HF
+    reads the same."""
+    ours = GEMMA3.config_cls.from_hf_config(copy.deepcopy(GEMMA_3_1B))
+    hf = transformers.Gemma3TextConfig.from_dict({k: v for k, v in GEMMA_3_1B.items() if k != "model_type"})
+    mm_ours = families()["gemma3"].from_hf(copy.deepcopy(GEMMA_3_4B))
+    mm_hf = transformers.Gemma3Config.from_dict({k: v for k, v in copy.deepcopy(GEMMA_3_4B).items()
+                                                 if k != "model_type"}).text_config
+    for config, ref in ((ours, hf), (mm_ours, mm_hf)):
+        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "query_pre_attn_scalar", "sliding_window", "rms_norm_eps",
+                      "final_logit_softcapping", "max_position_embeddings", "tie_word_embeddings"):
+            assert getattr(config, field) == getattr(ref, field), field
+        assert list(config.layer_kinds()) == ref.layer_types
+        assert {F: rope_dict(config.rope), S: rope_dict(config.local_rope)} == normalised(ref.rope_parameters)
+    assert ours.layer_kinds().count(F) == 4 and ours.eos_token_id == (1, 106) == mm_ours.eos_token_id
+    assert dict(mm_ours.rope.params) == {"factor": 8.0} and mm_ours.local_rope.rope_theta == 10000.0
+    assert dict(ours.kept)["cache_implementation"] == '"hybrid"'
+    back = ours.to_hf_config()
+    assert GEMMA3.config_cls.from_hf_config(copy.deepcopy(back)) == ours
+    again = transformers.Gemma3TextConfig.from_dict({k: v for k, v in back.items() if k != "model_type"})
+    assert again.layer_types == hf.layer_types and normalised(again.rope_parameters) == normalised(hf.rope_parameters)
 
 
 # --- the text part of Gemma3ForConditionalGeneration ---------------------------------------------------

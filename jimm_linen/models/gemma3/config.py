@@ -111,8 +111,8 @@ class Gemma3Config(Gemma2Config):
 
 
 # Multimodal `Gemma3Config` fields that concern only the vision tower, the projector and the
-# image tokens: a text-only forward never reads them (kept, not written: saving writes the
-# text model, `gemma3_text`).
+# image tokens: a text-only forward never reads them (dropped: saving writes the text model,
+# a `gemma3_text` checkpoint).
 VISION_FIELDS = frozenset({"vision_config", "mm_tokens_per_image", "boi_token_index", "eoi_token_index",
                            "image_token_index", "boi_token_id", "eoi_token_id", "image_token_id"})
 

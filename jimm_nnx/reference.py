@@ -228,8 +228,12 @@ def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir:
 
 
 def is_decoder(directory: str | Path) -> bool:
-    """Whether `directory` holds one of the decoder families (by config.json's `model_type`)."""
-    return json.loads((Path(directory) / "config.json").read_text()).get("model_type") in DECODERS
+    """Whether `directory` holds one of the decoder families (by config.json's `model_type`), or a
+    multimodal checkpoint whose text part loads as one (Gemma 3's `gemma3`)."""
+    from jimm_linen.registry import families
+
+    model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+    return model_type in DECODERS or getattr(families().get(model_type), "text_part", False)
 
 
 def load_reference(directory: str | Path):
@@ -507,7 +511,7 @@ def check_decoder_directory(name: str, directory: Path, runners: Mapping[str, Ru
 
     directory = Path(directory)
     ref_model = load_reference(directory)
-    cfg = ref_model.config
+    cfg = ref_model.config.get_text_config()  # a multimodal model's text part (itself otherwise)
     progress(f"{name}: running the HF reference (PyTorch)")
     ids, mask = left_padded_ids(batch, length, cfg.vocab_size, seed)
     ref_logits, ref_hidden = decoder_reference_outputs(ref_model, ids, mask)

@@ -30,6 +30,7 @@ from safetensors.numpy import load_file, save_file
 import jimm_linen
 import jimm_nnx
 from jimm_linen.registry import decoders, families
+from jimm_nnx import parity as nnx_parity
 from jimm_nnx import reference as parity
 from tests.helpers import (DecoderSetup, assert_cache_matches_hf, assert_close, assert_decoder_matches, bound,
                            cached_calls)
@@ -311,7 +312,8 @@ def module_layout(directory, out):
 def test_multimodal_checkpoints_text_part_matches_hf_text_logits(tmp_path):
     """Both key layouts load as `Gemma3` (the vision tower and projector keys ignored by name),
     Linen and NNX, and give HF's `Gemma3ForConditionalGeneration` logits and hidden states for
-    text-only input. Saved, the model is a `gemma3_text` checkpoint."""
+    text-only input; `jimm parity` checks the directory as a decoder. Saved, the model is a
+    `gemma3_text` checkpoint."""
     hf = multimodal(tmp_path / "mm", seed=41)
     keys = load_file(tmp_path / "mm" / "model.safetensors")
     assert any(k.startswith("vision_tower.") for k in keys) and any(k.startswith("multi_modal_projector.")
@@ -327,6 +329,9 @@ def test_multimodal_checkpoints_text_part_matches_hf_text_logits(tmp_path):
         lm = jimm_nnx.Gemma3.from_pretrained(tmp_path / directory, sharding=jimm_nnx.NoSharding())
         out = lm(jnp.asarray(ids, jnp.int32), jnp.asarray(mask), return_hidden_states=True)
         assert_decoder_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask, f"{directory} nnx")
+    # `jimm parity <directory>` takes it as a decoder: HF's logits, hidden states and greedy tokens.
+    results = nnx_parity.check([tmp_path / "mm"])
+    assert [r.path for r in results] == ["linen", "nnx"] and all(r.ok and r.greedy_agree == 1.0 for r in results)
     jimm_linen.save_pretrained(module, variables, tmp_path / "text")
     assert json.loads((tmp_path / "text" / "config.json").read_text())["model_type"] == "gemma3_text"
     # A key of neither the text model nor the vision side is still an error.

@@ -45,13 +45,18 @@ class CausalLMOutput:
     `last_hidden_state` (after the final norm), `hidden_states` (as HF's: the embeddings and every
     block's output, the last one after the final norm), the updated `cache` when one was given and
     `aux`, the blocks' auxiliary outputs stacked over layers (e.g. `router_logits`; empty for
-    dense families)."""
+    dense families). With `output_router_logits=True` (mixture-of-experts families), as HF's
+    `MoeCausalLMOutputWithPast`: `router_logits`, each MoE layer's `[B, T, experts]` (HF's are
+    flattened to `[B * T, experts]`), and `aux_loss`, HF's load-balancing loss over them, padding
+    (`attention_mask` 0) left out, not yet weighted by `router_aux_loss_coef`."""
 
     logits: jax.Array
     last_hidden_state: jax.Array
     hidden_states: tuple[jax.Array, ...] | None = None
     cache: object | None = None
     aux: dict = flax.struct.field(default_factory=dict)
+    router_logits: tuple[jax.Array, ...] | None = None
+    aux_loss: jax.Array | None = None
 
 
 @flax.struct.dataclass

@@ -56,12 +56,12 @@ class CausalLM(PretrainedModel):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, positions=None,
                  cache: KVCache | None = None, train: bool = False, return_hidden_states: bool = False,
-                 rngs: RngsArg = None):
+                 output_router_logits: bool = False, rngs: RngsArg = None):
         """Logits, `(logits, cache)` with a `cache`, or a `jimm_linen.CausalLMOutput` with
-        `return_hidden_states=True`."""
+        `return_hidden_states=True` or (mixture-of-experts families) `output_router_logits=True`."""
         linen_lm.check_token_ids(input_ids, self.config.vocab_size)  # the compiled call cannot check values
         return self._run(input_ids, attention_mask, positions, cache, train=train, rngs=rngs,
-                         return_hidden_states=return_hidden_states)
+                         return_hidden_states=return_hidden_states, output_router_logits=output_router_logits)
 
     def init_cache(self, batch: int, length: int, dtype: Any = None) -> KVCache:
         return self.linen_module.init_cache(batch, length, dtype)

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"vit, clip, siglip, dinov2, dinov3, {', '.join(decoders())})")
     p.add_argument("--full", action="store_true",
                    help="add the full-size configs (ViT-B/16, CLIP ViT-B/32, SigLIP base/16, DINOv2 S/14, DINOv3 S/16; "
-                        "each decoder family at a real model's width with 2 layers) to the defaults")
+                        "each decoder family at a real model's width with one or two layers) to the defaults")
     g = sub.add_parser("generate", help="stream text from a decoder checkpoint with its tokenizer",
                        description="Stream the continuation of a prompt to stdout, from an HF decoder checkpoint "
                                    f"directory ({lms}) and its tokenizer; tokens/s on stderr at the end. "

@@ -180,7 +180,8 @@ def randomize_(model, seed: int) -> None:
     N(0, 1/fan_in) and embeddings N(0, 1), so that activations stay O(1) through the blocks;
     norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor).
     Norms and embeddings are known by name (`norm`, `embed`) or by module (GPT-2's `ln_1`,
-    `wte`, `wpe`); GPT-2's `Conv1D` stores `(in, out)` where torch's `Linear` has `(out, in)`."""
+    `wte`, `wpe`). The fan-in is the last dim of torch's `Linear` `(out, in)` and of transformers
+    5's stacked expert kernels `(experts, out, in)`, the first of GPT-2's `Conv1D` `(in, out)`."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
@@ -198,7 +199,7 @@ def randomize_(model, seed: int) -> None:
             elif "embed" in name or isinstance(module, torch.nn.Embedding):
                 p.copy_(noise)
             else:
-                p.copy_(noise / p.shape[0 if isinstance(module, Conv1D) else 1] ** 0.5)
+                p.copy_(noise / p.shape[0 if isinstance(module, Conv1D) else -1] ** 0.5)
 
 
 def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):

@@ -144,6 +144,8 @@ def test_per_layer_auxiliary_outputs_reach_the_output_and_the_loss(scan):
     np.testing.assert_allclose(loss, metrics["cross_entropy"] + metrics["aux_loss"], rtol=1e-6)
     plain, plain_metrics = training.loss_and_metrics(jimm_linen.Llama(config, scan=scan), variables, ids)
     assert "aux_loss" not in plain_metrics and float(plain) == float(metrics["cross_entropy"])
+    with pytest.raises(ValueError, match=r"output_router_logits=True: AuxLlama has no router"):
+        module.apply(variables, ids, output_router_logits=True)
 
 
 # --- the attention slot ------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from safetensors.numpy import save_file
 from jimm_linen import checkpoint as ckpt
 from jimm_linen.checkpoint import engine
 from jimm_linen.checkpoint.keys import (
-    FLATTEN, CheckpointError, Conv1DKernel, Fused, KeyMap, LinearKernel, Rule, Source, StackedSource, linear,
+    FLATTEN, CheckpointError, Conv1DKernel, Fused, KeyMap, LinearKernel, Permute, Rule, Source, StackedSource, experts,
+    linear,
 )
 from jimm_linen.layers.stack import scan_to_loop
 
@@ -176,6 +177,79 @@ def test_sharded_experts_each_device_reads_only_its_experts(tmp_path):
                 else [((0, EMBED), (0, MLP // 2)), ((0, EMBED), (MLP // 2, MLP))]), (key, regions)
 
 
+# --- both expert layouts: the hub's per-expert Linears, transformers 5's 3-D tensors ---------------
+
+class GatedExperts(nn.Module):
+    """`layers.moe.MoeBlock`'s expert kernels (`wi_0`, `wi_1`, `wo`), in each of `LAYERS` layers."""
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(LAYERS):
+            ExpertKernels(name=f"layers_{i}")()
+        return x
+
+
+class ExpertKernels(nn.Module):
+    @nn.compact
+    def __call__(self):
+        for name, names, shape in (("wi_0", ("embed", "mlp"), (EMBED, MLP)), ("wi_1", ("embed", "mlp"), (EMBED, MLP)),
+                                   ("wo", ("mlp", "embed"), (MLP, EMBED))):
+            init = nn.with_logical_partitioning(nn.initializers.normal(), ("experts", *names))
+            self.param(name, init, (EXPERTS, *shape))
+
+
+HUB_NAMES = {"wi_0": "w1", "wi_1": "w3", "wo": "w2"}  # Mixtral's gate, up, down
+GATED_KEYS = KeyMap(*experts("model.layers.{i}.mlp.experts", "layers_{i}", HUB_NAMES))
+
+
+def gated_states(seed=0):
+    """The same experts in both layouts: `(per-expert state, fused state)`."""
+    rng = np.random.default_rng(seed)
+    hub, fused = {}, {}
+    for i in range(LAYERS):
+        gate, up = (rng.standard_normal((EXPERTS, MLP, EMBED)).astype(np.float32) for _ in range(2))
+        down = rng.standard_normal((EXPERTS, EMBED, MLP)).astype(np.float32)
+        for e in range(EXPERTS):
+            for name, w in (("w1", gate), ("w3", up), ("w2", down)):
+                hub[f"model.layers.{i}.mlp.experts.{e}.{name}.weight"] = w[e]
+        fused[f"model.layers.{i}.mlp.experts.gate_up_proj"] = np.concatenate([gate, up], axis=1)
+        fused[f"model.layers.{i}.mlp.experts.down_proj"] = down
+    return hub, fused
+
+
+def test_both_expert_layouts_load_the_same_params_and_the_hub_layout_is_written(tmp_path):
+    hub, fused = gated_states()
+    from_hub, _ = load_state(hub, GATED_KEYS, GatedExperts(), tmp_path / "hub")
+    from_fused, _ = load_state(fused, GATED_KEYS, GatedExperts(), tmp_path / "fused")
+    jax.tree.map(np.testing.assert_array_equal, from_fused, from_hub)
+    # Expert 2's gate as its torch Linear (out, in), transposed.
+    np.testing.assert_array_equal(from_hub["layers_1"]["wi_0"][2], hub["model.layers.1.mlp.experts.2.w1.weight"].T)
+    np.testing.assert_array_equal(from_hub["layers_1"]["wo"][2], hub["model.layers.1.mlp.experts.2.w2.weight"].T)
+    back = ckpt.linen_to_hf(ckpt.flatten_tree(from_fused), GATED_KEYS)
+    assert sorted(back) == sorted(hub)
+    for key, value in hub.items():
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def test_a_fused_expert_tensor_is_read_only_for_the_experts_a_device_holds(tmp_path):
+    _, fused = gated_states()
+    want, _ = load_state(fused, GATED_KEYS, GatedExperts(), tmp_path / "plain")
+    got, reads = load_state(fused, GATED_KEYS, GatedExperts(), tmp_path / "sharded", sharding=mesh_sharding(experts="x"))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    for key, region in reads:  # experts split 4 ways: one expert's rows at a time, never the whole tensor
+        assert region[0][1] - region[0][0] == 1, (key, region)
+    assert len(reads) == 3 * LAYERS * EXPERTS  # gate, up and down of each expert, read once
+
+
+def test_both_expert_layouts_for_one_layer_are_an_error_naming_them():
+    hub, fused = gated_states()
+    shapes = {k: v.shape for k, v in {**hub, **{k: v for k, v in fused.items() if ".1." in k}}.items()}
+    expected = engine.Target.of(GatedExperts(), jnp.zeros((1, EMBED))).loop_shapes
+    with pytest.raises(CheckpointError, match=r"keys naming the same parameter: .*model\.layers\.1\.mlp\.experts\."
+                                              r"gate_up_proj and model\.layers\.1\.mlp\.experts\.0\.w1\.weight"):
+        ckpt.plan_load(shapes, GATED_KEYS, expected)
+
+
 # --- Fused on any axis, GPT-2's Conv1D -------------------------------------------------------------
 
 HEADS, HEAD_DIM = 2, 4
@@ -233,11 +307,14 @@ def test_fused_conv1d_on_axis_1_reads_slices_and_round_trips():
 # (transform, Linen shape, the dims a cut of which reads exactly the box: a head dim is read whole)
 BOXES = [(Fused(Conv1DKernel(), 2, 3, axis=1), (D, HEADS, HEAD_DIM), {0, 1}),
          (Conv1DKernel(in_dims=2), (HEADS, HEAD_DIM, D), {0, 2}),
-         (Fused(LinearKernel(), 1, 2, axis=1), (D, 6), {0, 1}), (Fused(FLATTEN, 1, 3), (HEADS, HEAD_DIM), {0})]
+         (Fused(LinearKernel(), 1, 2, axis=1), (D, 6), {0, 1}), (Fused(FLATTEN, 1, 3), (HEADS, HEAD_DIM), {0}),
+         (Permute((0, 2, 1)), (EXPERTS, EMBED, MLP), {0, 1, 2}),
+         (Fused(Permute((0, 2, 1)), 1, 2, axis=1), (EXPERTS, EMBED, MLP), {0, 1, 2})]
 
 
 @pytest.mark.parametrize("transform,shape,exact", BOXES,
-                         ids=["fused-conv1d-axis1", "conv1d-in2", "fused-linear-axis1", "fused-flat"])
+                         ids=["fused-conv1d-axis1", "conv1d-in2", "fused-linear-axis1", "fused-flat", "permute-experts",
+                              "fused-permute-experts"])
 def test_every_box_reads_only_the_region_that_covers_it(transform, shape, exact):
     hf = np.random.default_rng(0).standard_normal(transform.hf_shape(shape)).astype(np.float32)
     whole = transform.to_linen(hf, shape)

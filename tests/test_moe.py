@@ -1,7 +1,7 @@
 """The mixture-of-experts block (`jimm_linen/layers/moe.py`) against HF's own Mixtral and
 Qwen3-MoE sparse blocks and load-balancing loss (weights copied in, every tensor random), and its
-ragged path against its dense reference path: outputs and gradients, for any routing, with no
-token dropped."""
+ragged and tiled paths against its dense reference path: outputs and gradients, for any routing,
+with no token dropped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from jimm_linen.layers.moe import MoeBlock, load_balancing_loss, route
+from jimm_linen.layers.moe import MoeBlock, load_balancing_loss, route, tile_rows
 from tests.helpers import assert_close
 
 E, K, D, F = 8, 2, 16, 12  # experts, top-k, width, expert width
@@ -60,7 +60,7 @@ def test_matches_hf_sparse_block(family, norm):
     with torch.no_grad():
         ref = block(torch.from_numpy(x)).numpy()
         ref_logits = block.gate(torch.from_numpy(x))[0].numpy()
-    for implementation in ("ragged", "dense"):
+    for implementation in ("ragged", "tiled", "dense"):
         y, logits = jax.jit(ours(implementation, norm).apply)({"params": params}, jnp.asarray(x))
         assert_close(np.asarray(logits).reshape(-1, E), ref_logits, what=f"{implementation} router logits")
         assert_close(np.asarray(y), ref, what=f"{implementation} output")
@@ -74,9 +74,9 @@ def test_uneven_routing_some_experts_get_no_token():
     _, logits = ours().apply({"params": params}, x)
     chosen = np.asarray(route(logits, K, True)[1])
     assert len(np.unique(chosen)) < E
-    ragged = ours("ragged").apply({"params": params}, x)[0]
     dense = ours("dense").apply({"params": params}, x)[0]
-    assert_close(ragged, dense, what="ragged vs dense")
+    for implementation in ("ragged", "tiled"):
+        assert_close(ours(implementation).apply({"params": params}, x)[0], dense, what=f"{implementation} vs dense")
 
 
 def test_every_token_to_one_expert_drops_none():
@@ -89,9 +89,12 @@ def test_every_token_to_one_expert_drops_none():
     kernel = np.zeros((D, E), np.float32)
     kernel[:, 5], kernel[:, 2] = direction, 0.5 * direction  # expert 5 first, expert 2 second
     params["router"]["kernel"] = jnp.asarray(kernel)
-    y, logits = jax.jit(ours().apply)({"params": params}, jnp.asarray(xb))
+    y, logits = jax.jit(ours("ragged").apply)({"params": params}, jnp.asarray(xb))
     weights, chosen = route(logits.reshape(-1, E), K, True)
     assert (np.asarray(chosen) == [5, 2]).all()
+    # 64 assignments each for experts 5 and 2: 4 tiles of 16 for each, the other 8 tiles empty.
+    assert tile_rows(64 * K, E) == 16
+    tiled = jax.jit(ours("tiled").apply)({"params": params}, jnp.asarray(xb))[0]
     p = jax.tree.map(np.asarray, params)
 
     def expert(e, v):
@@ -102,9 +105,10 @@ def test_every_token_to_one_expert_drops_none():
     want = np.stack([sum(np.asarray(weights)[n, j] * expert(int(chosen[n, j]), flat[n]) for j in range(K))
                      for n in range(flat.shape[0])])
     assert_close(np.asarray(y).reshape(-1, D), want, what="every token routed to expert 5")
+    assert_close(np.asarray(tiled).reshape(-1, D), want, what="tiled, every token routed to expert 5")
 
 
-def test_ragged_gradients_are_the_dense_gradients():
+def test_ragged_and_tiled_gradients_are_the_dense_gradients():
     _, params = hf_block("qwen3_moe", seed=7)
     x = jnp.asarray(tokens(2, 6, seed=8))
 
@@ -112,13 +116,14 @@ def test_ragged_gradients_are_the_dense_gradients():
         y, logits = ours(implementation).apply({"params": p}, x)
         return jnp.sum(jnp.sin(y)) + 0.1 * jnp.sum(logits ** 2)
 
-    ragged = jax.jit(jax.grad(loss), static_argnums=1)(params, "ragged")
     dense = jax.jit(jax.grad(loss), static_argnums=1)(params, "dense")
-    for path, g in jax.tree_util.tree_leaves_with_path(ragged):
-        ref = dense
-        for k in path:
-            ref = ref[k.key]
-        assert_close(g, ref, what=jax.tree_util.keystr(path))
+    for implementation in ("ragged", "tiled"):
+        grads = jax.jit(jax.grad(loss), static_argnums=1)(params, implementation)
+        for path, g in jax.tree_util.tree_leaves_with_path(grads):
+            ref = dense
+            for k in path:
+                ref = ref[k.key]
+            assert_close(g, ref, what=f"{implementation} {jax.tree_util.keystr(path)}")
 
 
 @pytest.mark.parametrize("family,in_compute_dtype", [("mixtral", False), ("qwen3_moe", True)])
@@ -167,7 +172,8 @@ def test_load_balancing_loss_is_hfs_and_moves_with_the_mask(family):
 
 def test_bad_settings_are_named():
     x = jnp.zeros((1, 2, D))
-    with pytest.raises(ValueError, match=r"MoE implementation must be one of \('ragged', 'dense'\), got 'sparse'"):
+    with pytest.raises(ValueError, match=r"MoE implementation must be one of \('auto', 'ragged', 'tiled', 'dense'\), "
+                                         r"got 'sparse'"):
         ours("sparse").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"top_k 9 must lie in \[1, num_experts=8\]"):
         MoeBlock(num_experts=E, top_k=9, mlp_dim=F).init(jax.random.key(0), x)

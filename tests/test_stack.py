@@ -93,6 +93,44 @@ def test_remat_changes_no_number(remat):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+class WideBlock(CachedBlock):
+    """Another kind of layer (its parameters differ: a gate beside the projection)."""
+
+    @nn.compact
+    def __call__(self, x, shared, cache):
+        gate = self.param("gate", nn.initializers.normal(), (x.shape[-1],))
+        x, new_cache = CachedBlock(self.features, name="inner")(x, shared, cache)
+        return x * jax.nn.sigmoid(gate), new_cache
+
+
+class Mixed(nn.Module):
+    scan: bool = False
+    remat: str = "none"
+
+    @nn.compact
+    def __call__(self, x, cache):
+        run = stack((CachedBlock, WideBlock, CachedBlock), length=3, name="layers", scan=self.scan, remat=self.remat,
+                    features=x.shape[-1])
+        return run(x, Seen(jnp.float32(0.5)), cache)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_layers_of_different_classes_run_in_a_loop(remat):
+    x, cache = _inputs()
+    params = nn.unbox(Mixed(remat=remat).init(jax.random.key(0), x, cache)["params"])
+    assert sorted(params["layers_1"]) == ["gate", "inner"] and sorted(params["layers_2"]) == ["proj"]
+    out, new_cache = Mixed(remat=remat).apply({"params": params}, x, cache)
+    h, want = x, []
+    for i, block in enumerate((CachedBlock(8), WideBlock(8), CachedBlock(8))):
+        h, c = block.apply({"params": params[f"layers_{i}"]}, h, Seen(jnp.float32(0.5)), cache[i])
+        want.append(c)
+    np.testing.assert_allclose(out, h, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(new_cache, jnp.stack(want), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"nn.scan runs one block class; layers of classes \['CachedBlock', "
+                                         r"'WideBlock'\] run with scan=False"):
+        Mixed(scan=True).init(jax.random.key(0), x, cache)
+
+
 def test_layout_conversions_for_any_block_names():
     rng = np.random.RandomState(1)
     tree = {"enc": {"encoderblock": {"w": rng.randn(2, 3)}, "norm": {"scale": rng.randn(3)}},

@@ -11,14 +11,14 @@ from jimm_linen.checkpoint.hf_files import (
 )
 from jimm_linen.checkpoint.keys import (
     FLATTEN, IDENTITY, CheckpointError, CheckpointFileError, Conv1DKernel, ConvKernel, DropLeading, Flatten, Fused,
-    KeyMap, LinearKernel, Plan, Rule, Source, StackedSource, Transform, encoder_rules, flatten_tree, linear,
-    linen_to_hf, norm, plan_load, unflatten_tree,
+    KeyMap, LinearKernel, Permute, Plan, Rule, Source, StackedSource, Transform, encoder_rules, experts,
+    flatten_tree, linear, linen_to_hf, norm, plan_load, unflatten_tree,
 )
 
 __all__ = [
     "FLATTEN", "IDENTITY", "PROGRESS_MIN_BYTES", "SAFE_INDEX", "SAFE_WEIGHTS", "TORCH_INDEX", "TORCH_WEIGHTS",
     "CheckpointError", "CheckpointFileError", "Conv1DKernel", "ConvKernel", "DropLeading", "Flatten", "Fused",
-    "KeyMap", "LinearKernel", "Plan", "Rule", "Source", "StackedSource", "StateReader", "Transform", "encoder_rules",
-    "flatten_tree", "linear", "linen_to_hf", "norm", "npz", "plan_load", "progress", "read_json", "unflatten_tree",
+    "KeyMap", "LinearKernel", "Permute", "Plan", "Rule", "Source", "StackedSource", "StateReader", "Transform",
+    "encoder_rules", "experts", "flatten_tree", "linear", "linen_to_hf", "norm", "npz", "plan_load", "progress", "read_json", "unflatten_tree",
     "weight_files", "write_state_dict",
 ]

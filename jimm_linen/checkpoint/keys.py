@@ -206,6 +206,30 @@ class Fused(Transform):
         return self.inner.read_region(read_part, shape, index)
 
 
+@dataclasses.dataclass(frozen=True)
+class Permute(Transform):
+    """The Linen tensor is the HF tensor with its dims reordered, `hf.transpose(axes)`:
+    transformers 5's stacked expert kernels `(experts, out, in)` are Linen's `(experts, in,
+    out)` with `axes=(0, 2, 1)`."""
+
+    axes: tuple[int, ...] = ()
+
+    def hf_shape(self, shape):
+        out = [0] * len(shape)
+        for k, a in enumerate(self.axes):
+            out[a] = shape[k]
+        return tuple(out)
+
+    def to_linen(self, x, shape):
+        return np.ascontiguousarray(x.transpose(self.axes))
+
+    def to_hf(self, y):
+        return np.ascontiguousarray(y.transpose(np.argsort(self.axes)))
+
+    def perm(self, shape):
+        return tuple(self.axes)
+
+
 def _split_dims(t_shape: tuple[int, ...], shape: tuple[int, ...]) -> list[list[int]] | None:
     """For a row-major reshape of `t_shape` into `shape`: the consecutive dims of `shape` each
     dim of `t_shape` splits into (a size-1 dim may get none; trailing size-1 dims of `shape`
@@ -313,6 +337,22 @@ def encoder_rules(hf_layer: str, linen_block: str, hf_names: dict[str, str]) -> 
         if f"ls_{i}" in hf_names:
             rules.append(Rule(f"{hf_layer}.{hf_names[f'ls_{i}']}", f"{linen_block}/LayerScale_{i}/scale"))
     return rules
+
+
+def experts(hf: str, linen: str, names: Mapping[str, str]) -> tuple[list[Rule], list[Rule]]:
+    """The expert kernels of one mixture-of-experts layer (`layers.moe.MoeBlock`'s `wi_0`, `wi_1`
+    `[experts, embed, mlp]` and `wo` `[experts, mlp, embed]` under `linen`) as `(rules,
+    aliases)`. Rules: the hub's torch `Linear` per expert, `{hf}.{e}.<names[w]>.weight` for `w`
+    in `wi_0`, `wi_1`, `wo`, stacked on the `{e}` slot (what transformers' `save_pretrained`
+    writes, and so what we write). Aliases, read only: transformers 5's in-memory 3-D tensors
+    `{hf}.gate_up_proj` `(experts, 2 * mlp, embed)`, gate then up, and `{hf}.down_proj`
+    `(experts, embed, mlp)`."""
+    rules = [Rule(f"{hf}.{{e}}.{names[w]}.weight", f"{linen}/{w}", LinearKernel()) for w in ("wi_0", "wi_1", "wo")]
+    per_expert = Permute((0, 2, 1))  # each expert's (out, in), as its Linear
+    aliases = [Rule(f"{hf}.gate_up_proj", f"{linen}/wi_0", Fused(per_expert, 0, 2, axis=1)),
+               Rule(f"{hf}.gate_up_proj", f"{linen}/wi_1", Fused(per_expert, 1, 2, axis=1)),
+               Rule(f"{hf}.down_proj", f"{linen}/wo", per_expert)]
+    return rules, aliases
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -536,6 +576,12 @@ def plan_load(
                 misshaped.append(f"{hf_key}: checkpoint {tuple(shape)}, model expects {want} (-> {_at(path, idx)})")
                 continue
             found.setdefault(path, {})[idx] = Source(hf_key, transform)
+    # One parameter from a whole stacked tensor and from per-index keys (both expert layouts
+    # for one layer) would read one and drop the other.
+    for path, parts in found.items():
+        if () in parts and len(parts) > 1:
+            duplicated += [f"{parts[()].hf_key} and {src.hf_key} (-> {_at(path, idx)})"
+                           for idx, src in parts.items() if idx]
     missing = []
     for path, shape in expected.items():
         if (path, ()) not in seen and not skipped(path):

@@ -6,13 +6,19 @@ of the probabilities, the chosen weights renormalised when `norm_topk_prob`. The
 MLPs stacked on an `experts` axis (`wi_0`, `wi_1`: `[experts, embed, mlp]`, `wo`: `[experts, mlp,
 embed]`), so a rule table can split whole experts over devices (the `ep` preset).
 
-Two ways to compute the same thing:
-- `"ragged"` (default): the `tokens x top_k` assignments sorted by expert, each expert's rows one
-  group of `jax.lax.ragged_dot`, the results scattered back with their weights. Work is
-  proportional to `top_k`, whatever the routing.
+Ways to compute the same thing:
+- `"ragged"`: the `tokens x top_k` assignments sorted by expert, each expert's rows one group of
+  `jax.lax.ragged_dot`, the results scattered back with their weights. Work is proportional to
+  `top_k` where XLA has a grouped matmul for it (TPU); XLA's CPU lowering computes every expert
+  on every row instead (the dense path's work, and slower).
+- `"tiled"`: the same sorted assignments, each expert's rows padded to whole tiles of `tile_rows`
+  rows, then a `lax.scan` over the tiles, each one `x_tile @ w[expert]`; tiles left empty by the
+  routing are skipped (`lax.cond`), so a decode step reads only the experts its tokens chose.
+  Work is the assignments' plus at most `tile - 1` padding rows per expert.
 - `"dense"`: every expert on every token, the outputs mixed by a `[tokens, experts]` weight
   matrix that is zero off the chosen experts. `num_experts / top_k` times the work; the tests'
-  reference for the ragged path.
+  reference for the others.
+- `"auto"` (default): `"tiled"` on CPU, `"ragged"` elsewhere.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from jimm_linen.activations import get_activation
 from jimm_linen.layers.linear import DenseGeneral, default_kernel_init
 from jimm_linen.partitioning import constrain
 
-IMPLEMENTATIONS = ("ragged", "dense")
+IMPLEMENTATIONS = ("auto", "ragged", "tiled", "dense")
 
 
 def route(router_logits: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array]:
@@ -57,6 +63,48 @@ def _ragged(x, experts, weights, wi_0, wi_1, wo, act):
     return jnp.zeros_like(x).at[token].add(y)
 
 
+def tile_rows(assignments: int, num_experts: int) -> int:
+    """The `"tiled"` path's rows per tile: about one expert's share of the assignments (a power
+    of two in [8, 128]), so that a prefill runs few large matmuls and a decode step pads little."""
+    share = -(-assignments // num_experts)
+    return min(128, max(8, 1 << (share - 1).bit_length()))
+
+
+def _tiled(x, experts, weights, wi_0, wi_1, wo, act):
+    """x `[N, D]`, experts / weights `[N, K]` -> `[N, D]`."""
+    n, k = experts.shape
+    num_experts, a = wi_0.shape[0], n * k
+    tile = tile_rows(a, num_experts)
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    token, expert = order // k, flat[order]  # each assignment's token and expert, in expert order
+    sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+    tiles = -(-sizes // tile)
+    tiles_end = jnp.cumsum(tiles)
+    # Each expert's rows start a tile: assignment i goes to row `slot[i]` of the padded layout.
+    slot = (tiles_end - tiles)[expert] * tile + jnp.arange(a) - (jnp.cumsum(sizes) - sizes)[expert]
+    num_tiles = -(-a // tile) + num_experts  # the most the sizes can need
+    xs = jnp.zeros((num_tiles * tile, x.shape[1]), x.dtype).at[slot].set(x[token])
+    # A tile past the last expert's (index num_experts) holds no row.
+    tile_expert = jnp.searchsorted(tiles_end, jnp.arange(num_tiles), side="right")
+
+    def mlp(xt, e):
+        return (act(xt @ wi_0[e]) * (xt @ wi_1[e])) @ wo[e]
+
+    def body(_, tile_inputs):
+        xt, e = tile_inputs
+        used = e < num_experts
+        return None, jax.lax.cond(used, mlp, lambda xt, e: jnp.zeros((tile, wo.shape[2]), xt.dtype), xt,
+                                  jnp.where(used, e, 0))
+
+    _, ys = jax.lax.scan(body, None, (xs.reshape(num_tiles, tile, -1), tile_expert))
+    y = ys.reshape(num_tiles * tile, -1)[slot]
+    # As HF (and `_ragged`): each expert's output times its weight, rounded to the compute dtype,
+    # then summed per token in that dtype.
+    y = (y * weights.reshape(-1)[order][:, None]).astype(x.dtype)
+    return jnp.zeros_like(x).at[token].add(y)
+
+
 def _dense(x, experts, weights, wi_0, wi_1, wo, act):
     mix = jnp.zeros((x.shape[0], wi_0.shape[0]), weights.dtype)
     mix = mix.at[jnp.arange(x.shape[0])[:, None], experts].add(weights)
@@ -76,7 +124,7 @@ class MoeBlock(nn.Module):
     # Qwen3-MoE rounds the routing weights to the compute dtype before mixing; Mixtral mixes
     # with the float32 weights.
     weights_in_compute_dtype: bool = False
-    implementation: str = "ragged"
+    implementation: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
@@ -103,7 +151,10 @@ class MoeBlock(nn.Module):
         xs, wi_0, wi_1, wo = nn.dtypes.promote_dtype(x.reshape(b * t, d), wi_0, wi_1, wo, dtype=self.dtype)
         if self.weights_in_compute_dtype:
             weights = weights.astype(xs.dtype)
-        compute = _ragged if self.implementation == "ragged" else _dense
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = "tiled" if jax.default_backend() == "cpu" else "ragged"
+        compute = {"ragged": _ragged, "tiled": _tiled, "dense": _dense}[implementation]
         y = compute(xs, experts, weights, wi_0, wi_1, wo, get_activation(self.hidden_act))
         return checkpoint_name(y.reshape(b, t, d), "mlp_out"), logits
 

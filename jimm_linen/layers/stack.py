@@ -85,7 +85,7 @@ class Block(nn.Module):
     param_dtype: Any = jnp.float32
 
 
-def stack(block_cls: type[nn.Module], *, length: int, name: str, scan: bool = True,
+def stack(block_cls: type[nn.Module] | Sequence[type[nn.Module]], *, length: int, name: str, scan: bool = True,
           remat: str = "none", **block_kwargs: Any) -> Callable:
     """`length` blocks in sequence, as a function `f(carry, shared, own=None) -> (carry, ys)` to
     call inside the parent's compact method.
@@ -96,10 +96,19 @@ def stack(block_cls: type[nn.Module], *, length: int, name: str, scan: bool = Tr
     have a leading `layers` axis, layer i getting its slice (its attention kind, its KV cache);
     `ys` stacks every layer's `y` (any pytree: cache slices, hidden states, auxiliary outputs)
     on a leading axis. `nn.scan` drops keyword arguments, so blocks take positional ones.
+    `block_cls` may also give each layer its class (a sequence of `length`), in the loop only:
+    `nn.scan` runs one class over parameters stacked alike; the layers' `y` must still stack.
     """
-    cls = block_cls
+    classes = tuple(block_cls) if isinstance(block_cls, (tuple, list)) else (block_cls,) * length
+    if len(classes) != length:
+        raise ValueError(f"{len(classes)} block classes for {length} layers")
+    if scan and len(set(classes)) > 1:
+        raise ValueError(f"nn.scan runs one block class; layers of classes {sorted({c.__name__ for c in classes})} "
+                         f"run with scan=False")
     if remat != "none":
-        cls = nn.remat(cls, policy=remat_policy(remat), prevent_cse=not scan)
+        wrapped = {c: nn.remat(c, policy=remat_policy(remat), prevent_cse=not scan) for c in set(classes)}
+        classes = tuple(wrapped[c] for c in classes)
+    cls = classes[0]
 
     def run(carry, shared, own=None):
         if scan:
@@ -115,7 +124,7 @@ def stack(block_cls: type[nn.Module], *, length: int, name: str, scan: bool = Tr
         ys = []
         for i in range(length):
             mine = jax.tree.map(lambda a, i=i: a[i], own)
-            carry, y = cls(name=f"{name}_{i}", **block_kwargs)(carry, shared, mine)
+            carry, y = classes[i](name=f"{name}_{i}", **block_kwargs)(carry, shared, mine)
             ys.append(y)
         return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)
 

@@ -7,7 +7,9 @@ shell's named hooks where it differs: `embed` (a scale, a learned position table
 The model contract (what generation and training rely on, never a family):
 `apply(variables, input_ids, attention_mask=None, positions=None, cache=None)` returns float32
 logits `[B, T, V]`, or `(logits, cache)` when a cache was given; `return_hidden_states=True`
-returns a `CausalLMOutput` (with `aux`, the blocks' per-layer auxiliary outputs).
+returns a `CausalLMOutput` (with `aux`, the blocks' per-layer auxiliary outputs), and so does
+`output_router_logits=True` (mixture-of-experts families: with HF's `router_logits` and
+`aux_loss`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ class CausalLMConfig:
                                                           "transformers_version"})
     # Fields HF defines that the family's `refuse` checks itself (kept and written back).
     refused_fields: ClassVar[frozenset[str]] = frozenset()
+    # Other names HF's config class reads for our fields (its `attribute_map`): name -> ours.
+    hf_aliases: ClassVar[dict[str, str]] = {}
+    # HF's `default_theta`: the rope base of a config.json that gives none.
+    default_theta: ClassVar[float] = 10000.0
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -181,8 +187,15 @@ class CausalLMConfig:
         if hf.get("is_causal", True) is not True:
             raise ValueError(f"is_causal={hf['is_causal']!r} (bidirectional attention, which HF's masks read from "
                              f"config.json) is not supported: jimm's decoders are causal")
+        for other, ours in cls.hf_aliases.items():
+            if other in hf:
+                value = hf.pop(other)
+                if ours in hf and hf[ours] != value:
+                    raise ValueError(f"config fields {other}={value!r} and {ours}={hf[ours]!r} name one setting "
+                                     f"(HF reads {other} as {ours}) with different values")
+                hf[ours] = value
         cls.refuse(hf)
-        rope = Rope.from_hf(hf) if cls.uses_rope else Rope()
+        rope = Rope.from_hf(hf, cls.default_theta) if cls.uses_rope else Rope()
         own = {k: hf.pop(k) for k in cls._own_fields() if k in hf}
         if hf.get("pruned_heads"):
             raise ValueError(f"pruned_heads {hf['pruned_heads']} is not supported")
@@ -251,15 +264,20 @@ class DecoderBlock(Block):
 
 
 class Decoder(Stacked):
-    """The stacked blocks (`layers`, see `layers.stack`) and the final norm `decoder_norm`."""
+    """The stacked blocks (`layers`, see `layers.stack`) and the final norm `decoder_norm`.
+    `blocks`: each layer's block class."""
 
-    block: Any = None
+    blocks: tuple = ()
     final_norm: Any = None
 
     @nn.compact
     def __call__(self, x, shared: Shared, own: Own, collect: bool):
-        blocks = stack(self.block, length=self.config.num_hidden_layers, name="layers", scan=self.scan,
-                       remat=self.remat_policy, config=self.config, attention_fn=self.attention_fn,
+        # `nn.scan` runs one block over parameters stacked alike. Layers of different kinds (a
+        # dense MLP among MoE layers) hold different parameters, so such a model runs its layers
+        # in a loop (`layers_0`, `layers_1`, ...) whatever `scan` says.
+        scan = self.scan and len(set(self.blocks)) == 1
+        blocks = stack(self.blocks[0] if scan else self.blocks, length=self.config.num_hidden_layers, name="layers",
+                       scan=scan, remat=self.remat_policy, config=self.config, attention_fn=self.attention_fn,
                        collect=collect, dtype=self.dtype, param_dtype=self.param_dtype)
         x, out = blocks(x, shared, own)
         return self.final_norm(name="decoder_norm")(x), out
@@ -273,6 +291,11 @@ class CausalLM(Model):
     block: ClassVar[type[nn.Module]] = DecoderBlock
 
     # --- hooks ---
+    def blocks(self) -> tuple[type[nn.Module], ...]:
+        """Each layer's block class: `block` for every layer, unless the family mixes kinds of
+        layer (then the layers run in a loop, see `Decoder`)."""
+        return (self.block,) * self.config.num_hidden_layers
+
     def final_norm(self) -> functools.partial:
         """The final norm's module, to be called with `name=`."""
         cfg = self.config
@@ -311,25 +334,34 @@ class CausalLM(Model):
         balancing), already weighted; None when the family has none."""
         return None
 
+    def router_outputs(self, aux: dict, attention_mask) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        """`(router_logits, aux_loss)` for `output_router_logits=True`: each MoE layer's router
+        logits and HF's (unweighted) load-balancing loss. Mixture-of-experts families only."""
+        raise ValueError(f"output_router_logits=True: {type(self).__name__} has no router (no mixture of experts)")
+
     # --- the model ---
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.token_embedder = Embed(cfg.vocab_size, cfg.hidden_size,
                                     embedding_init=nn.initializers.normal(cfg.initializer_range), **kw)
-        self.decoder = Decoder(cfg, block=self.block, final_norm=self.final_norm(), **self.runtime())
+        self.decoder = Decoder(cfg, blocks=self.blocks(), final_norm=self.final_norm(), **self.runtime())
         if not cfg.tie_word_embeddings:
             self.logits_dense = DenseGeneral(cfg.vocab_size, kernel_axes=("embed", "vocab"), use_bias=False,
                                              kernel_init=default_kernel_init(cfg.initializer_range), **kw)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
-                 train: bool = False, return_hidden_states: bool = False):
+                 train: bool = False, return_hidden_states: bool = False, output_router_logits: bool = False):
         h, per_layer, cache, aux = self.hidden(input_ids, attention_mask, positions, cache, train,
                                                return_hidden_states)
         logits = self.logits(h)
-        if return_hidden_states:
-            return CausalLMOutput(logits=logits, last_hidden_state=h, hidden_states=per_layer, cache=cache, aux=aux)
-        return logits if cache is None else (logits, cache)
+        if not (return_hidden_states or output_router_logits):
+            return logits if cache is None else (logits, cache)
+        out = CausalLMOutput(logits=logits, last_hidden_state=h, hidden_states=per_layer, cache=cache, aux=aux)
+        if output_router_logits:
+            router_logits, aux_loss = self.router_outputs(aux, attention_mask)
+            out = out.replace(router_logits=router_logits, aux_loss=aux_loss)
+        return out
 
     def hidden(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
                train: bool = False, collect: bool = False):

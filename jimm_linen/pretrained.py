@@ -25,10 +25,11 @@ FAMILIES: dict[str, Family] = families()
 
 
 def family_of(model: nn.Module) -> Family:
-    for fam in FAMILIES.values():
-        if isinstance(model, fam.module_cls) and fam.owns(model.config):
-            return fam
-    raise TypeError(f"no checkpoint family for {type(model).__name__} {getattr(model, 'config', '')!r:.120}")
+    found = [fam for fam in FAMILIES.values() if isinstance(model, fam.module_cls) and fam.owns(model.config)]
+    if not found:
+        raise TypeError(f"no checkpoint family for {type(model).__name__} {getattr(model, 'config', '')!r:.120}")
+    # A family whose module subclasses another's (Gemma 2's Gemma) is the nearer in the model's MRO.
+    return min(found, key=lambda fam: type(model).__mro__.index(fam.module_cls))
 
 
 def looks_like_path(name_or_path: str | os.PathLike) -> bool:

@@ -39,12 +39,15 @@ class Family:
     nnx_name: str | None = None
     parity: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     parity_full: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # The text part of a multimodal checkpoint (Gemma 3's `gemma3`), loaded as `module_cls`: a
+    # reading entry only, no decoder family (no NNX class, parity configs or writing) of its own.
+    text_part: bool = False
 
     @property
     def is_decoder(self) -> bool:
         from jimm_linen.models.decoder import CausalLM
 
-        return issubclass(self.module_cls, CausalLM)
+        return issubclass(self.module_cls, CausalLM) and not self.text_part
 
 
 def decoder_family(model_type: str, module_cls, config_cls, keymap, nnx_name: str, parity, parity_full=None) -> Family:

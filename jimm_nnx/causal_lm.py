@@ -37,14 +37,22 @@ class CausalLM(PretrainedModel):
     def _from_hf(cls, hf: dict[str, Any]):
         model_type = hf.get("model_type")
         family = decoders().get(model_type)
-        if family is None or not issubclass(family.module_cls, cls.linen_cls):
-            known = sorted(k for k, f in decoders().items() if issubclass(f.module_cls, cls.linen_cls))
+        if family is None or not cls._serves(family.config_cls):
+            known = sorted(k for k, f in decoders().items() if cls._serves(f.config_cls))
             raise ValueError(f"model_type {model_type!r} is not a {cls.__name__} family; supported: {known}")
         return family.from_hf(hf)
 
     @classmethod
+    def _serves(cls, config_cls: type) -> bool:
+        """The base class runs every decoder family; a family's class the configs whose nearest
+        registered class is its own (not Gemma 2's, whose config subclasses Gemma's)."""
+        registered = {f.config_cls for f in decoders().values()}
+        nearest = next((c for c in config_cls.__mro__ if c in registered), None)
+        return cls.config_cls is linen_lm.CausalLMConfig or nearest is cls.config_cls
+
+    @classmethod
     def _accepts(cls, config) -> bool:
-        return isinstance(config, cls.config_cls)
+        return isinstance(config, cls.config_cls) and cls._serves(type(config))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, positions=None,
                  cache: KVCache | None = None, train: bool = False, return_hidden_states: bool = False,

@@ -15,9 +15,14 @@ from jimm_nnx.reference import ParityResult, Runner, no_progress
 from jimm_nnx.causal_lm import FAMILY_CLASSES
 from jimm_nnx.models import CLIP, DINOv2Model, DINOv3Model, SigLIP, VisionTransformer
 from jimm_nnx.sharding import NoSharding
+from jimm_linen.registry import decoders, families
 
+# A multimodal checkpoint whose text part loads as a decoder (Gemma 3's `gemma3`) runs that
+# decoder's class.
+TEXT_PARTS = {name: next(FAMILY_CLASSES[d] for d, dec in decoders().items() if dec.module_cls is fam.module_cls)
+              for name, fam in families().items() if fam.text_part}
 CLASSES = {"vit": VisionTransformer, "clip": CLIP, "siglip": SigLIP, "dinov2": DINOv2Model,
-           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model, **FAMILY_CLASSES}
+           "dinov2_with_registers": DINOv2Model, "dinov3_vit": DINOv3Model, **FAMILY_CLASSES, **TEXT_PARTS}
 
 
 def load_nnx(directory: Path) -> Callable[..., Any]:

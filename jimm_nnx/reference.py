@@ -179,22 +179,27 @@ def randomize_(model, seed: int) -> None:
     1 and biases at 0, which would hide a swapped, dropped or misplaced one. Matrices are
     N(0, 1/fan_in) and embeddings N(0, 1), so that activations stay O(1) through the blocks;
     norm weights 1 + N(0, 0.5^2), biases N(0, 0.5^2). A tied head is the embedding (one tensor).
-    The fan-in is the last dim: torch's `Linear` `(out, in)`, and transformers 5's stacked
-    expert kernels `(experts, out, in)` alike."""
+    Norms and embeddings are known by name (`norm`, `embed`) or by module (GPT-2's `ln_1`,
+    `wte`, `wpe`). The fan-in is the last dim of torch's `Linear` `(out, in)` and of transformers
+    5's stacked expert kernels `(experts, out, in)`, the first of GPT-2's `Conv1D` `(in, out)`."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
+    owner = {f"{prefix}.{name}" if prefix else name: module for prefix, module in model.named_modules()
+             for name, _ in module.named_parameters(recurse=False)}
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            module = owner[name]
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if "norm" in name:
+            if "norm" in name or (isinstance(module, torch.nn.LayerNorm) and name.endswith(".weight")):
                 p.copy_(1.0 + 0.5 * noise)
             elif p.ndim == 1:
                 p.copy_(0.5 * noise)
-            elif "embed" in name:
+            elif "embed" in name or isinstance(module, torch.nn.Embedding):
                 p.copy_(noise)
             else:
-                p.copy_(noise / p.shape[-1] ** 0.5)
+                p.copy_(noise / p.shape[0 if isinstance(module, Conv1D) else -1] ** 0.5)
 
 
 def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir: str | Path, seed: int = 0):
@@ -224,8 +229,12 @@ def build_decoder_reference(family: str, config_kwargs: dict[str, Any], out_dir:
 
 
 def is_decoder(directory: str | Path) -> bool:
-    """Whether `directory` holds one of the decoder families (by config.json's `model_type`)."""
-    return json.loads((Path(directory) / "config.json").read_text()).get("model_type") in DECODERS
+    """Whether `directory` holds one of the decoder families (by config.json's `model_type`), or a
+    multimodal checkpoint whose text part loads as one (Gemma 3's `gemma3`)."""
+    from jimm_linen.registry import families
+
+    model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+    return model_type in DECODERS or getattr(families().get(model_type), "text_part", False)
 
 
 def load_reference(directory: str | Path):
@@ -503,7 +512,7 @@ def check_decoder_directory(name: str, directory: Path, runners: Mapping[str, Ru
 
     directory = Path(directory)
     ref_model = load_reference(directory)
-    cfg = ref_model.config
+    cfg = ref_model.config.get_text_config()  # a multimodal model's text part (itself otherwise)
     progress(f"{name}: running the HF reference (PyTorch)")
     ids, mask = left_padded_ids(batch, length, cfg.vocab_size, seed)
     ref_logits, ref_hidden = decoder_reference_outputs(ref_model, ids, mask)

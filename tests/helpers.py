@@ -1,5 +1,9 @@
 """Small shared pieces for the tests."""
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -36,3 +40,75 @@ def assert_same_tree(a, b):
 
 def nhwc(pixels_nchw):
     return np.ascontiguousarray(pixels_nchw.transpose(0, 2, 3, 1))
+
+
+def assert_decoder_matches(logits, hidden, ref_logits, ref_hidden, mask, what: str):
+    """A decoder's logits and every hidden state against HF's, at the real positions of `mask`."""
+    from jimm_nnx.reference import real_positions
+
+    assert len(hidden) == len(ref_hidden), f"{what}: {len(hidden)} hidden states, HF {len(ref_hidden)}"
+    assert_close(real_positions(logits, mask), real_positions(ref_logits, mask), what=f"{what} logits")
+    for i, (ours, theirs) in enumerate(zip(hidden, ref_hidden)):
+        assert_close(real_positions(ours, mask), real_positions(theirs, mask), what=f"{what} hidden state {i}")
+
+
+def cached_calls(module, variables, lm) -> dict:
+    """Each face's `(call(ids, mask, cache) -> CausalLMOutput with hidden states, init_cache)`:
+    the Linen module's jitted apply and the NNX model."""
+    apply = jax.jit(lambda v, i, m, c: module.apply(v, i, m, cache=c, return_hidden_states=True))
+    return {"linen": (lambda i, m, c: apply(variables, i, m, c), module.init_cache),
+            "nnx": (lambda i, m, c: lm(i, m, cache=c, return_hidden_states=True), lm.init_cache)}
+
+
+def assert_cache_matches_hf(hf, call, cache, ids, mask, prompt: int, what: str):
+    """`call` prefills the first `prompt` columns of a left-padded batch into `cache`, then takes
+    one column at a time: the prefill equals HF's forward on the prompt, each decoded column HF's
+    full forward over the sequence so far at its last column (HF's positions: `generate`'s)."""
+    import jax.numpy as jnp
+
+    from jimm_nnx.reference import decoder_reference_outputs
+
+    out = call(jnp.asarray(ids[:, :prompt], jnp.int32), jnp.asarray(mask[:, :prompt]), cache)
+    ref_logits, ref_hidden = decoder_reference_outputs(hf, ids[:, :prompt], mask[:, :prompt])
+    assert_decoder_matches(out.logits, out.hidden_states, ref_logits, ref_hidden, mask[:, :prompt],
+                           f"{what} prefill")
+    for col in range(prompt, ids.shape[1]):
+        out = call(jnp.asarray(ids[:, col:col + 1], jnp.int32), jnp.asarray(mask[:, col:col + 1]), out.cache)
+        ref_logits, ref_hidden = decoder_reference_outputs(hf, ids[:, :col + 1], mask[:, :col + 1])
+        assert out.logits.shape == (ids.shape[0], 1, ref_logits.shape[-1])
+        assert_decoder_matches(out.logits, out.hidden_states, ref_logits[:, -1:], [h[:, -1:] for h in ref_hidden],
+                               mask[:, col:col + 1], f"{what} decode step at column {col}")
+    assert int(out.cache.index) == ids.shape[1]
+
+
+@dataclasses.dataclass
+class DecoderSetup:
+    """HF's model of a registered decoder family, every tensor random, saved to `directory`, and
+    jimm's loaded from there: the Linen module and variables, and the family's NNX model."""
+
+    directory: Path
+    hf: Any  # torch
+    module: Any  # Linen
+    variables: dict
+    lm: Any  # NNX
+
+    @classmethod
+    def build(cls, model_type: str, config: dict, directory: Path, seed: int) -> "DecoderSetup":
+        import jimm_linen
+        import jimm_nnx
+        from jimm_linen.registry import decoders
+        from jimm_nnx import reference
+
+        family = decoders()[model_type]
+        hf = reference.build_decoder_reference(model_type, config, directory, seed=seed)
+        module, variables = jimm_linen.from_pretrained(directory)
+        assert type(module) is family.module_cls
+        lm = getattr(jimm_nnx, family.nnx_name).from_pretrained(directory, sharding=jimm_nnx.NoSharding())
+        return cls(directory, hf, module, variables, lm)
+
+    def forward(self, ids, mask, **config_changes) -> np.ndarray:
+        """Linen logits, jitted, with config fields changed over the same weights."""
+        import jax.numpy as jnp
+
+        module = self.module.clone(config=dataclasses.replace(self.module.config, **config_changes))
+        return np.asarray(jax.jit(module.apply)(self.variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))

@@ -240,6 +240,27 @@ def load_outputs(out: Path) -> dict:
     return {"meta": meta, **_load_tree(meta["outputs"], out)}
 
 
+def run_decoder(checkpoint: Path, model_class: str, input_ids, attention_mask, work_dir: Path) -> dict:
+    """A legacy Flax causal LM's outputs on a left-padded batch, with the `position_ids` HF's
+    `generate` would give it (the legacy models count padding otherwise); checks the class and
+    version that ran."""
+    import numpy as np
+
+    from jimm_nnx.reference import hf_position_ids
+
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "position_ids": hf_position_ids(attention_mask)}
+    for name, array in inputs.items():
+        np.save(work_dir / f"{name}.npy", array)
+    job = dict(checkpoint=checkpoint, out=work_dir / "legacy", model_class=model_class,
+               inputs={name: work_dir / f"{name}.npy" for name in inputs})
+    run_reference([job], work_dir)
+    outputs = load_outputs(work_dir / "legacy")
+    assert outputs["meta"]["transformers_version"] == TRANSFORMERS_VERSION
+    assert outputs["meta"]["model_class"] == model_class
+    return outputs
+
+
 # --- the worker: runs in the subprocess, on the side-installed transformers ---------------------
 
 def _check_params(model, ckpt: Path) -> None:

@@ -99,7 +99,7 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert cli.main(["parity", "--paths", ""]) == 2
     assert cli.main(["parity", "--paths", "linen,keras"]) == 2
     assert cli.main(["parity", str(tmp_path), "--full"]) == 2
-    assert cli.main(["parity", "--family", "gpt2"]) == 2
+    assert cli.main(["parity", "--family", "gpt_neox"]) == 2
     err = capsys.readouterr().err
     assert "--paths must name" in err and "--family must name" in err
 

@@ -267,6 +267,7 @@ def _set(**fields):
     pytest.param("mistral", _set(sliding_window=0), r"sliding_window must be a positive whole number of tokens or "
                  r"None, got 0", id="window-0"),
     pytest.param("mistral", _set(sliding_window=4.5), r"got 4\.5", id="window-fractional"),
+    pytest.param("olmo2", _set(is_causal=False), r"is_causal=False \(bidirectional attention", id="not-causal"),
     pytest.param("llama", _set(num_key_value_heads=3), r"num_key_value_heads 3 does not divide num_attention_heads 4",
                  id="kv-heads-not-dividing"),
 ])

@@ -1,6 +1,7 @@
 """The decoders' shared pieces against HF's own functions: rotary frequencies of every rope_type,
-RMSNorm (both dtype orders, its stated derivative), grouped-query attention."""
+RMSNorm (both dtype orders, Gemma's `1 + w`, its stated derivative), grouped-query attention."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,10 +9,13 @@ import pytest
 import torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.olmo2.modeling_olmo2 import Olmo2RMSNorm
 
+from jimm_linen.layers.attention import Attention
 from jimm_linen.layers.attention_fns import dot_product_attention
+from jimm_linen.layers.block_inputs import Own, Shared
 from jimm_linen.layers.norm import RMSNorm, rms_normalize
 from jimm_linen.layers.rope import Rope, frequencies, rotary_embedding
 from tests.helpers import assert_close
@@ -94,6 +98,33 @@ def test_rms_norm_matches_transformers(order, reference, dtype):
         assert_close(np.asarray(ours), expected, what=order)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemma_rms_norm_matches_transformers(dtype):
+    """Gemma's `1 + w` (the stored weight is `w`), scaled in float32 and then cast. In bfloat16 HF's
+    own forward runs on our float32 normalised values: XLA and torch sum the squares in different
+    orders, 1 float32 ulp that moves about one bfloat16 output in 20000 by one ulp (this input
+    has one), while a wrong order or offset moves many."""
+    rng = np.random.RandomState(0)
+    x = rng.randn(3, 5, 48).astype(np.float32) * 3
+    w = rng.randn(48).astype(np.float32)
+    jdtype = jnp.float32 if dtype == torch.float32 else jnp.bfloat16
+    xj = jnp.asarray(x).astype(jdtype)
+    ours = RMSNorm(1e-5, "scale_then_cast", dtype=jdtype, param_dtype=jdtype, offset=1.0).apply(
+        {"params": {"scale": jnp.asarray(w).astype(jdtype)}}, xj)
+    ref = GemmaRMSNorm(48, eps=1e-5)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(w))
+        ref = ref.to(dtype)
+        xt = torch.from_numpy(x).to(dtype)
+        if dtype == torch.float32:
+            assert_close(np.asarray(ours), ref(xt).numpy(), what="GemmaRMSNorm")
+            return
+        assert_close(np.asarray(rms_normalize(xj.astype(jnp.float32), 1e-5)), ref._norm(xt.float()).numpy(),
+                     what="float32 statistics")
+        ref._norm = lambda _: torch.tensor(np.asarray(rms_normalize(xj.astype(jnp.float32), 1e-5)))
+        np.testing.assert_array_equal(np.asarray(ours.astype(jnp.float32)), ref(xt).float().numpy())
+
+
 def test_rms_norm_orders_differ_in_bfloat16():
     """The trap the two orders exist for: the same weights give different bf16 outputs."""
     rng = np.random.RandomState(1)
@@ -102,6 +133,35 @@ def test_rms_norm_orders_differ_in_bfloat16():
     a = RMSNorm(1e-6, "cast_then_scale", dtype=jnp.bfloat16).apply(params, x)
     b = RMSNorm(1e-6, "scale_then_cast", dtype=jnp.bfloat16).apply(params, x)
     assert not np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_rms_norm_offset_starts_at_hfs_zeros_and_reaches_the_q_k_norms():
+    """Gemma's stored weight is `w` for a scale of `1 + w`: initialised to zeros (HF's), and in the
+    q/k norms of attention (Gemma 3's) the same weights plus one without the offset."""
+    x = jnp.asarray(np.random.RandomState(4).randn(2, 5, 16), jnp.float32)
+    norm = RMSNorm(1e-6, "scale_then_cast", offset=1.0)
+    init = nn.unbox(norm.init(jax.random.key(0), x))
+    np.testing.assert_array_equal(np.asarray(init["params"]["scale"]), np.zeros(16, np.float32))
+    np.testing.assert_array_equal(np.asarray(norm.apply(init, x)), np.asarray(rms_normalize(x, 1e-6)))
+
+    positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    shared = Shared(positions=positions, key_valid=jnp.ones((2, 5), bool),
+                    rotary=(rotary_embedding(Rope(), positions, 8, 64),))
+    own = Own(kind=0)
+
+    def attention(offset):
+        return Attention(num_heads=4, num_kv_heads=2, head_dim=8, qk_norm="head", norm_order="scale_then_cast",
+                         norm_offset=offset)
+
+    params = nn.unbox(attention(1.0).init(jax.random.key(1), x, shared, own))["params"]
+    rng = np.random.RandomState(5)
+    for name in ("query_norm", "key_norm"):
+        params[name]["scale"] = jnp.asarray(rng.randn(8), jnp.float32)
+    plus_one = {k: {"scale": v["scale"] + 1.0} if k.endswith("_norm") else v for k, v in params.items()}
+    ours = attention(1.0).apply({"params": params}, x, shared, own)[0]
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(attention(0.0).apply({"params": plus_one}, x, shared,
+                                                                                      own)[0]))
+    assert not np.allclose(ours, attention(0.0).apply({"params": params}, x, shared, own)[0])
 
 
 def test_rms_normalize_stated_derivative_matches_pytorch():

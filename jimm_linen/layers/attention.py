@@ -89,7 +89,8 @@ class Attention(nn.Module):
     """The decoders' self-attention over `block_inputs.Shared` / `Own`: grouped-query
     (`num_kv_heads` key/value heads, kernels named `kv_heads`), optional q/k RMSNorm (`qk_norm`
     "head": over each head, Qwen3; "projection": over the whole projection, OLMo 2) before the
-    rotary embedding of the layer's attention kind, the layer's sliding window, `scale` (default
+    rotary embedding of the layer's attention kind (`norm_eps`, `norm_order`, `norm_offset` as
+    `RMSNorm`'s: Gemma 3's `1 + w`), the layer's sliding window, `scale` (default
     `head_dim ** -0.5`) and `logits_soft_cap`, and the layer's KV cache.
 
     The mask is built here from the query and key slots, the keys' validity and the window.
@@ -106,6 +107,7 @@ class Attention(nn.Module):
     qk_norm: str | None = None
     norm_eps: float = 1e-6
     norm_order: str = "cast_then_scale"
+    norm_offset: float = 0.0
     scale: float | None = None
     logits_soft_cap: float | None = None
     attention_fn: Any = None
@@ -113,6 +115,7 @@ class Attention(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
+    out_kernel_init: Any = None  # the output projection's, where it differs (GPT-2's residual scaling)
 
     @nn.compact
     def __call__(self, x, shared: Shared, own: Own):
@@ -124,8 +127,9 @@ class Attention(nn.Module):
         v = _project("value", x, self.num_kv_heads, self.head_dim, "kv_heads", self.use_bias, kw)
         if self.qk_norm:
             q, k = self._norm("query_norm", q), self._norm("key_norm", k)
-        cos, sin = shared.select(own.kind, shared.rotary)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        rotary = shared.select(own.kind, shared.rotary)
+        if rotary is not None:  # None: a family without rotary embeddings (GPT-2)
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         keys = values = None
         if own.keys is not None:
             keys, values = write_layer(own.keys, own.values, k, v, shared.index)
@@ -147,11 +151,12 @@ class Attention(nn.Module):
                 rule &= _in_window(slots, jnp.arange(keys.shape[1]), window)
             mask = shared.key_valid[:, None, None, :] & rule[None, None]
             out = _attend(self, q, keys, values, shared.deterministic, mask=mask, **options)
-        return _output(out, x.shape[-1], self.out_bias, kw), keys, values
+        out_kw = kw if self.out_kernel_init is None else dict(kw, kernel_init=self.out_kernel_init)
+        return _output(out, x.shape[-1], self.out_bias, out_kw), keys, values
 
     def _norm(self, name, x):
         norm = RMSNorm(self.norm_eps, self.norm_order, dtype=self.dtype, param_dtype=self.param_dtype,
-                       axis_name="kv" if self.qk_norm == "head" else None, name=name)
+                       axis_name="kv" if self.qk_norm == "head" else None, offset=self.norm_offset, name=name)
         if self.qk_norm == "head":
             return norm(x)
         return norm(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)

@@ -155,6 +155,10 @@ def make_tokamax_attention(impls: str | Sequence[str] | None = None) -> Attentio
     def attention(query, key, value, mask=None, *, is_causal: bool = False, scale=None, logits_soft_cap=None,
                   local_window_size=None):
         platform = jax.default_backend()
+        if scale is not None and not isinstance(scale, (int, float)):
+            # tokamax takes a Python float: a traced scale (GPT-2's per-layer one under scan) goes
+            # into the query, in float32.
+            query, scale = (query.astype(jnp.float32) * scale).astype(query.dtype), 1.0
         refusals = []
         for name in names:
             impl, platforms = TOKAMAX_BACKENDS[name]

@@ -60,11 +60,14 @@ class Shared:
 @flax.struct.dataclass
 class Own:
     """`kind`: the index of this layer's attention kind in `Shared.kinds`. `keys`, `values`:
-    this layer's cache `[B, L, K, head_dim]`, or None without a cache."""
+    this layer's cache `[B, L, K, head_dim]`, or None without a cache. `layer`: the layer's
+    index in the stack (a Python-side int in a loop, traced under scan), for what a family
+    computes per layer (GPT-2's `scale_attn_by_inverse_layer_idx`)."""
 
     kind: Any
     keys: jax.Array | None = None
     values: jax.Array | None = None
+    layer: Any = None
 
 
 @flax.struct.dataclass

@@ -24,6 +24,10 @@ class MlpBlock(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Any = None
+    out_kernel_init: Any = None  # the output projection's, where it differs (GPT-2's residual scaling)
+
+    def _out_kw(self, kw: dict) -> dict:
+        return kw if self.out_kernel_init is None else dict(kw, kernel_init=self.out_kernel_init)
 
     @nn.compact
     def __call__(self, x):
@@ -32,7 +36,7 @@ class MlpBlock(nn.Module):
         h = checkpoint_name(h, "mlp_in")
         h = get_activation(self.hidden_act)(h)
         h = constrain(h, ACT_MLP)
-        y = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="Dense_1", **kw)(h)
+        y = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="Dense_1", **self._out_kw(kw))(h)
         return checkpoint_name(y, "mlp_out")
 
 
@@ -50,6 +54,6 @@ class GatedMlpBlock(MlpBlock):
         gate = checkpoint_name(DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_0", **kw)(x), "mlp_in")
         up = checkpoint_name(DenseGeneral(self.mlp_dim, kernel_axes=("embed", "mlp"), name="wi_1", **kw)(x), "mlp_in")
         h = constrain(get_activation(self.hidden_act)(gate) * up, ACT_MLP)
-        y = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **kw)(h)
+        y = DenseGeneral(x.shape[-1], kernel_axes=("mlp", "embed"), name="wo", **self._out_kw(kw))(h)
         return checkpoint_name(y, "mlp_out")
 

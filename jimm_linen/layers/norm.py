@@ -90,26 +90,34 @@ def _rms_normalize_jvp(epsilon, primals, tangents):
 
 
 # Where HF casts back to the compute dtype, per family: Llama / Qwen3 / Mistral multiply the
-# weight by the normalised input already cast (`w * x.to(dtype)`), OLMo 2 casts the product
-# (`(w * x).to(dtype)`). Identical in float32, not in bfloat16.
+# weight by the normalised input already cast (`w * x.to(dtype)`), OLMo 2 and Gemma cast the
+# product (`(w * x).to(dtype)`, Gemma's `w` being `1 + weight`). Identical in float32, not in
+# bfloat16.
 RMS_ORDERS = ("cast_then_scale", "scale_then_cast")
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with float32 statistics; `order` is one of `RMS_ORDERS` (see there)."""
+    """RMSNorm with float32 statistics; `order` is one of `RMS_ORDERS` (see there).
+
+    `offset`: the stored weight is the scale minus `offset`, added back in float32 (Gemma's
+    `1 + w`, whose checkpoints store `w` and initialise it to zeros)."""
 
     epsilon: float
     order: str = "cast_then_scale"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = "embed"
+    offset: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.order not in RMS_ORDERS:
             raise ValueError(f"unknown RMSNorm order {self.order!r}; known: {RMS_ORDERS}")
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
-                           (x.shape[-1],), self.param_dtype)
+        init = nn.initializers.constant(1.0 - self.offset)
+        scale = self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)), (x.shape[-1],),
+                           self.param_dtype)
+        if self.offset:
+            scale = scale.astype(jnp.float32) + self.offset
         dtype = self.dtype or x.dtype
         y = rms_normalize(x.astype(jnp.float32), self.epsilon)
         if self.order == "cast_then_scale":

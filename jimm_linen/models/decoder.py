@@ -96,7 +96,12 @@ class CausalLMConfig:
     architecture: ClassVar[str] = ""
     qk_norm: ClassVar[str | None] = None
     norm_order: ClassVar[str] = "cast_then_scale"
+    # Added to every RMSNorm weight in float32 (Gemma stores `w` for a scale of `1 + w`).
+    norm_offset: ClassVar[float] = 0.0
     mlp_bias: ClassVar[bool] = False
+    # False for a family without rotary embeddings (GPT-2's learned positions): no rope is read
+    # from or written to config.json (rope keys there are kept as read), head_dim may be odd.
+    uses_rope: ClassVar[bool] = True
     # Fields of ours that the family's HF modeling code never reads (HF hard-codes the value).
     hf_unread: ClassVar[tuple[str, ...]] = ()
     # Fields HF defines that no forward pass reads (HF's runtime and bookkeeping switches).
@@ -122,7 +127,7 @@ class CausalLMConfig:
                              f"num_attention_heads {self.num_attention_heads}")
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        if self.head_dim % 2:
+        if self.uses_rope and self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for the rotary embedding")
         get_activation(self.hidden_act)
         kinds = self.layer_kinds()
@@ -178,6 +183,10 @@ class CausalLMConfig:
         runtime switch (`use_cache`, `dtype`, ...).
         A field whose value asks for what we do not implement is an error naming it."""
         hf = {k: v for k, v in hf.items() if k not in ("model_type", "architectures")}
+        # HF's mask functions read `is_causal` from any config (getattr, default True).
+        if hf.get("is_causal", True) is not True:
+            raise ValueError(f"is_causal={hf['is_causal']!r} (bidirectional attention, which HF's masks read from "
+                             f"config.json) is not supported: jimm's decoders are causal")
         for other, ours in cls.hf_aliases.items():
             if other in hf:
                 value = hf.pop(other)
@@ -186,7 +195,7 @@ class CausalLMConfig:
                                      f"(HF reads {other} as {ours}) with different values")
                 hf[ours] = value
         cls.refuse(hf)
-        rope = Rope.from_hf(hf, cls.default_theta)
+        rope = Rope.from_hf(hf, cls.default_theta) if cls.uses_rope else Rope()
         own = {k: hf.pop(k) for k in cls._own_fields() if k in hf}
         if hf.get("pruned_heads"):
             raise ValueError(f"pruned_heads {hf['pruned_heads']} is not supported")
@@ -212,7 +221,8 @@ class CausalLMConfig:
         hf.update({k: getattr(self, k) for k in self._own_fields()})
         if isinstance(hf["eos_token_id"], tuple):
             hf["eos_token_id"] = list(hf["eos_token_id"])
-        return {**hf, **self.rope.to_hf(), "model_type": self.model_type, "architectures": [self.architecture]}
+        rope = self.rope.to_hf() if self.uses_rope else {}
+        return {**hf, **rope, "model_type": self.model_type, "architectures": [self.architecture]}
 
 
 # --- the shell ------------------------------------------------------------------------------
@@ -289,15 +299,22 @@ class CausalLM(Model):
     def final_norm(self) -> functools.partial:
         """The final norm's module, to be called with `name=`."""
         cfg = self.config
-        return functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.norm_order, dtype=self.dtype,
+        return functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.norm_order, offset=cfg.norm_offset, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
 
     def embed(self, input_ids, positions):
         return self.token_embedder(input_ids)
 
+    def embed_dropout(self, x, deterministic: bool):
+        """Dropout on the embeddings when training (GPT-2's `embd_pdrop`); none by default."""
+        return x
+
     def rotary(self, positions, kinds: tuple[str, ...]) -> tuple:
-        """`(cos, sin)` per attention kind (computed once per distinct rope)."""
+        """`(cos, sin)` per attention kind (computed once per distinct rope); None per kind for a
+        family without rotary embeddings."""
         cfg, tables = self.config, {}
+        if not cfg.uses_rope:
+            return (None,) * len(kinds)
         for kind in kinds:
             rope = cfg.rope_for(kind)
             if rope not in tables:
@@ -360,7 +377,8 @@ class CausalLM(Model):
         attention_mask = attention_mask.astype(bool)
         layer_types = cfg.layer_kinds()
         kinds = tuple(dict.fromkeys(layer_types))
-        own = Own(kind=np.asarray([kinds.index(k) for k in layer_types], np.int32))
+        own = Own(kind=np.asarray([kinds.index(k) for k in layer_types], np.int32),
+                  layer=np.arange(cfg.num_hidden_layers, dtype=np.int32))
         if cache is None:
             positions = positions_from_mask(attention_mask) if positions is None else positions
             key_valid, index, fresh = attention_mask, None, True
@@ -375,7 +393,7 @@ class CausalLM(Model):
         shared = Shared(positions=positions, key_valid=key_valid, rotary=self.rotary(positions, kinds), index=index,
                         kinds=kinds, windows=tuple(cfg.window(k) for k in kinds), deterministic=not train,
                         fresh=fresh)
-        x = constrain(self.embed(input_ids, positions), ACT_EMBED)
+        x = constrain(self.embed_dropout(self.embed(input_ids, positions), not train), ACT_EMBED)
         h, out = self.decoder(x, shared, own, collect)
         if cache is not None:
             cache = cache.advance(out.keys, out.values, cache.written_mask(attention_mask), t)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +23,10 @@ import pytest
 import torch
 
 import jimm_linen
-import jimm_nnx
 from jimm_linen.registry import decoders
 from jimm_nnx import reference as parity
-from tests.helpers import assert_close, bound
+from tests.helpers import (DecoderSetup, assert_cache_matches_hf, assert_close, assert_decoder_matches, bound,
+                           cached_calls)
 
 FAMILY = decoders()["mistral"]
 CONFIG = FAMILY.parity["mistral-gqa-window5"]
@@ -47,24 +46,12 @@ def left_padded(length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(mask > 0, ids, PAD), mask
 
 
-@dataclasses.dataclass
-class Setup:
-    directory: Path
-    hf: torch.nn.Module
-    module: object  # Linen
-    variables: dict
-    lm: object  # NNX
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> Setup:
-    directory = tmp_path_factory.mktemp("mistral-window")
-    hf = parity.build_decoder_reference("mistral", CONFIG, directory, seed=11)
-    assert type(hf).__name__ == "MistralForCausalLM" and hf.config.sliding_window == W
-    module, variables = jimm_linen.from_pretrained(directory)
-    assert type(module) is jimm_linen.Mistral and module.config.layer_kinds() == ("sliding_attention",) * 2
-    lm = jimm_nnx.Mistral.from_pretrained(directory, sharding=jimm_nnx.NoSharding())
-    return Setup(directory, hf, module, variables, lm)
+def setup(tmp_path_factory) -> DecoderSetup:
+    s = DecoderSetup.build("mistral", CONFIG, tmp_path_factory.mktemp("mistral-window"), seed=11)
+    assert type(s.hf).__name__ == "MistralForCausalLM" and s.hf.config.sliding_window == W
+    assert s.module.config.layer_kinds() == ("sliding_attention",) * 2
+    return s
 
 
 def hf_forward(hf, ids, mask):
@@ -73,11 +60,8 @@ def hf_forward(hf, ids, mask):
 
 
 def assert_matches(logits, hidden, ref_logits, ref_hidden, mask, what):
-    real = lambda x: parity.real_positions(x, mask)  # noqa: E731
-    assert len(hidden) == len(ref_hidden) == CONFIG["num_hidden_layers"] + 1
-    assert_close(real(logits), real(ref_logits), what=f"{what} logits")
-    for i, (ours, theirs) in enumerate(zip(hidden, ref_hidden)):
-        assert_close(real(ours), real(theirs), what=f"{what} hidden state {i}")
+    assert len(hidden) == CONFIG["num_hidden_layers"] + 1
+    assert_decoder_matches(logits, hidden, ref_logits, ref_hidden, mask, what)
 
 
 # The published config.json files of mistralai/Mistral-7B-v0.1 and Mistral-Nemo-Base-2407.
@@ -148,41 +132,14 @@ def test_forward_matches_hf_without_cache(setup):
     assert np.abs(real(unwindowed) - real(ref_logits)).max() > 1e3 * bound(real(ref_logits))
 
 
-def _cached_run(call, ids, mask, cache):
-    """Prefill `PROMPT` columns, then one column at a time: `[(logits, hidden states)]`, one per call."""
-    outs = []
-    out = call(jnp.asarray(ids[:, :PROMPT], jnp.int32), jnp.asarray(mask[:, :PROMPT]), cache)
-    outs.append((out.logits, out.hidden_states))
-    cache = out.cache
-    for col in range(PROMPT, ids.shape[1]):
-        out = call(jnp.asarray(ids[:, col:col + 1], jnp.int32), jnp.asarray(mask[:, col:col + 1]), cache)
-        outs.append((out.logits, out.hidden_states))
-        cache = out.cache
-    assert int(cache.index) == ids.shape[1]
-    return outs
-
-
 @pytest.mark.parametrize("face", ["linen", "nnx"])
 def test_kv_cache_prefill_then_decode_matches_hf_full_forward(setup, face):
     """The prefill equals HF's forward on the prompt; each decoded token's logits and hidden states
     equal HF's full forward over the sequence so far, at its last column. The sequence runs two
     windows past the prompt, and the cache is longer than it (unwritten slots stay masked)."""
     ids, mask = left_padded(TOTAL, seed=2)
-    if face == "linen":
-        apply = jax.jit(lambda v, i, m, c: setup.module.apply(v, i, m, cache=c, return_hidden_states=True))
-        cache = setup.module.init_cache(B, TOTAL + 3)
-        outs = _cached_run(lambda i, m, c: apply(setup.variables, i, m, c), ids, mask, cache)
-    else:
-        cache = setup.lm.init_cache(B, TOTAL + 3)
-        outs = _cached_run(lambda i, m, c: setup.lm(i, m, cache=c, return_hidden_states=True), ids, mask, cache)
-    ref_logits, ref_hidden = hf_forward(setup.hf, ids[:, :PROMPT], mask[:, :PROMPT])
-    assert_matches(*outs[0], ref_logits, ref_hidden, mask[:, :PROMPT], f"{face} prefill")
-    for step, (logits, hidden) in enumerate(outs[1:]):
-        n = PROMPT + step + 1
-        ref_logits, ref_hidden = hf_forward(setup.hf, ids[:, :n], mask[:, :n])
-        assert logits.shape == (B, 1, VOCAB)
-        assert_matches(logits, hidden, ref_logits[:, -1:], [h[:, -1:] for h in ref_hidden], mask[:, n - 1:n],
-                       f"{face} decode step {step} (column {n - 1})")
+    call, init_cache = cached_calls(setup.module, setup.variables, setup.lm)[face]
+    assert_cache_matches_hf(setup.hf, call, init_cache(B, TOTAL + 3), ids, mask, PROMPT, face)
 
 
 def test_greedy_generation_past_the_window_equals_hf_generate(setup):

@@ -282,7 +282,8 @@ def _choose(state: _State, logits: jax.Array, s: Sampling) -> _State:
 
 
 def _start(module, variables, input_ids, mask, s: Sampling, rng, max_new_tokens: int) -> _State:
-    """Prefill the prompt into a fresh cache and choose the first token."""
+    """Prefill the prompt into a fresh cache and choose the first token. The state holds the
+    cache a layer per buffer, as the decode steps run it (`_advance`)."""
     b, t = input_ids.shape
     vocab = module.config.vocab_size
     cache = module.init_cache(b, t + max_new_tokens)
@@ -290,7 +291,7 @@ def _start(module, variables, input_ids, mask, s: Sampling, rng, max_new_tokens:
     seen = seen_tokens(input_ids, mask, vocab)
     sequences = jnp.full((b, t + max_new_tokens), s.pad, jnp.int32).at[:, :t].set(input_ids)
     zeros = jnp.zeros((b,), jnp.int32)
-    state = _State(cache=cache, sequences=sequences, pos=jnp.int32(t), step=jnp.int32(0), last=zeros,
+    state = _State(cache=cache.per_layer(), sequences=sequences, pos=jnp.int32(t), step=jnp.int32(0), last=zeros,
                    done=jnp.zeros((b,), bool), num_new=zeros, seen=seen, rng=rng)
     return _choose(state, logits[:, -1], s)
 
@@ -313,7 +314,8 @@ def decode_variables(module, variables):
 
 
 def _advance(module, variables, state: _State, s: Sampling) -> _State:
-    """One decode step: the last token through the cache, then the next choice."""
+    """One decode step: the last token through the cache, then the next choice. `module` runs
+    its layers in a loop (`decode_module`), each over its own cache buffer."""
     ones = jnp.ones((state.last.shape[0], 1), bool)
     logits, cache = module.apply(variables, state.last[:, None], ones, cache=state.cache)
     return _choose(state.replace(cache=cache), logits[:, -1], s)

@@ -516,7 +516,7 @@ def _while_bodies(jaxpr):
 def test_a_scanned_model_decodes_with_its_layers_unstacked(llama, entry):
     """The decode step of a scanned model runs no layer scan: under `nn.scan` XLA copies every
     layer's weights out of the stacked arrays at each token (3x slower decode on CPU at 336M
-    parameters, benchmarks/RESULTS.md). The prefill keeps its scan."""
+    parameters). The prefill keeps its scan."""
     _, _, module, variables = llama
     assert module.scan
     module, ids, mask, s, key, rules = gen._prepare(module, PROMPT_IDS, PROMPT_MASK, NEW, None, {})
@@ -525,6 +525,13 @@ def test_a_scanned_model_decodes_with_its_layers_unstacked(llama, entry):
                                                        rules=rules))(variables).jaxpr
         (decode,) = list(_while_bodies(jaxpr))  # the prefill's layers are a scan, not a while
         assert "scan" in _primitives(jaxpr) and "scan" not in _primitives(decode)
+        # The loop carries each layer's keys and values in buffers of their own (written in place),
+        # not one stacked cache sliced and re-stacked at every step.
+        cfg, (b, t) = module.config, PROMPT_IDS.shape
+        layer_cache = (b, t + NEW, cfg.num_key_value_heads, cfg.head_dim)
+        carried = [v.aval.shape for v in decode.invars]
+        assert carried.count(layer_cache) == 2 * cfg.num_hidden_layers
+        assert (cfg.num_hidden_layers, *layer_cache) not in carried
     else:
         state, unstacked = gen._stream_start(module, variables, ids, mask, s, key, max_new_tokens=NEW, rules=rules)
         step = jax.make_jaxpr(lambda v, st: gen._stream_step(gen.decode_module(module), v, st, s, rules=rules))(

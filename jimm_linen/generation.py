@@ -7,7 +7,8 @@ filters value for value, and a streaming form.
         ...                          # [B] numpy ids, one step at a time
 
 Generation knows only the model contract (`module.apply(variables, ids, mask, cache=cache)` ->
-`(logits, cache)`, `module.init_cache`, `module.config`), never a family.
+`(logits, cache)`, `module.init_cache`, `module.config`, and `module.decoding()` /
+`decoding_variables(variables)`: the layout its decode steps read), never a family.
 
 The filters are transformers' logits processors (`generation/logits_process.py`) in the order
 `GenerationMixin._get_logits_processor` applies them: repetition penalty (also when greedy),
@@ -31,7 +32,6 @@ import numpy as np
 from jax.sharding import AxisType, PartitionSpec
 
 from jimm_linen.layers.kv_cache import KVCache
-from jimm_linen.layers.stack import scan_to_loop
 from jimm_linen.models.decoder import check_token_ids
 from jimm_linen.outputs import GenerationOutput
 
@@ -287,7 +287,7 @@ def _start(module, variables, input_ids, mask, s: Sampling, rng, max_new_tokens:
     b, t = input_ids.shape
     vocab = module.config.vocab_size
     cache = module.init_cache(b, t + max_new_tokens)
-    logits, cache = module.apply(variables, input_ids, mask, cache=cache)
+    logits, cache = module.apply(variables, input_ids, mask, cache=cache, logits_to_keep=1)
     seen = seen_tokens(input_ids, mask, vocab)
     sequences = jnp.full((b, t + max_new_tokens), s.pad, jnp.int32).at[:, :t].set(input_ids)
     zeros = jnp.zeros((b,), jnp.int32)
@@ -296,26 +296,9 @@ def _start(module, variables, input_ids, mask, s: Sampling, rng, max_new_tokens:
     return _choose(state, logits[:, -1], s)
 
 
-def decode_module(module):
-    """The module the decode steps run: a scanned model's layers unstacked (`scan=False`).
-
-    Under `nn.scan` each step slices every layer's weights out of the stacked arrays inside the
-    loop, and XLA materialises those slices: a copy of the whole model per token (on CPU a
-    336M-parameter Llama decoded 3x slower scanned than looped). Unstacked once per call
-    (`decode_variables`), a step reads each weight where it lies. That costs the weights' size
-    in memory while generation runs and one pass over them; the prefill keeps the scanned
-    layout (it reads each weight once for many tokens, and compiles one layer, not all)."""
-    return module.clone(scan=False) if getattr(module, "scan", False) else module
-
-
-def decode_variables(module, variables):
-    """`variables` in `decode_module(module)`'s layout."""
-    return scan_to_loop(nn.meta.unbox(variables)) if getattr(module, "scan", False) else variables
-
-
 def _advance(module, variables, state: _State, s: Sampling) -> _State:
     """One decode step: the last token through the cache, then the next choice. `module` runs
-    its layers in a loop (`decode_module`), each over its own cache buffer."""
+    its layers in a loop (`module.decoding()`), each over its own cache buffer."""
     ones = jnp.ones((state.last.shape[0], 1), bool)
     logits, cache = module.apply(variables, state.last[:, None], ones, cache=state.cache)
     return _choose(state.replace(cache=cache), logits[:, -1], s)
@@ -350,7 +333,7 @@ def _generate(module, variables, input_ids, mask, s: Sampling, rng, *, max_new_t
     @_on_auto_axes(rules)
     def body(variables, input_ids, mask, s, rng):
         state = _start(module, variables, input_ids, mask, s, rng, max_new_tokens)
-        stepper, unstacked = decode_module(module), decode_variables(module, variables)
+        stepper, unstacked = module.decoding(), module.decoding_variables(variables)
         state = jax.lax.while_loop(lambda st: (st.step < max_new_tokens) & ~st.done.all(),
                                    lambda st: _advance(stepper, unstacked, st, s), state)
         return GenerationOutput(sequences=state.sequences, finished=state.done, num_new_tokens=state.num_new)
@@ -366,7 +349,7 @@ def _shown(state: _State):
 def _stream_start(module, variables, input_ids, mask, s: Sampling, rng, *, max_new_tokens: int, rules):
     """The prefill's state and first tokens, and the variables the decode steps read."""
     def start(variables, *args):
-        return _shown(_start(module, variables, *args, max_new_tokens)), decode_variables(module, variables)
+        return _shown(_start(module, variables, *args, max_new_tokens)), module.decoding_variables(variables)
 
     return _on_auto_axes(rules)(start)(variables, input_ids, mask, s, rng)
 
@@ -455,7 +438,7 @@ def stream(module: nn.Module, variables, input_ids, attention_mask=None, *, max_
     module, ids, mask, s, key, rules = _prepare(module, input_ids, attention_mask, max_new_tokens, rng, settings)
     (state, tokens, finished), unstacked = _stream_start(module, variables, ids, mask, s, key,
                                                          max_new_tokens=max_new_tokens, rules=rules)
-    stepper = decode_module(module)
+    stepper = module.decoding()
     for _ in range(max_new_tokens - 1):
         following = _stream_step(stepper, unstacked, state, s, rules=rules)
         out, stop = np.asarray(tokens), bool(finished)

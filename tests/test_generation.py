@@ -534,7 +534,21 @@ def test_a_scanned_model_decodes_with_its_layers_unstacked(llama, entry):
         assert (cfg.num_hidden_layers, *layer_cache) not in carried
     else:
         state, unstacked = gen._stream_start(module, variables, ids, mask, s, key, max_new_tokens=NEW, rules=rules)
-        step = jax.make_jaxpr(lambda v, st: gen._stream_step(gen.decode_module(module), v, st, s, rules=rules))(
+        step = jax.make_jaxpr(lambda v, st: gen._stream_step(module.decoding(), v, st, s, rules=rules))(
             unstacked, state[0]).jaxpr
         assert "scan" not in _primitives(step)
         assert "layers" not in unstacked["params"]["decoder"] and "layers_1" in unstacked["params"]["decoder"]
+
+
+def test_logits_to_keep_gives_the_last_positions_logits(llama):
+    """The prefill asks for the last position's logits only (HF's `logits_to_keep`), never
+    `[B, T, V]`; they equal the full forward's, with and without a cache."""
+    _, _, module, variables = llama
+    full = module.apply(variables, PROMPT_IDS, PROMPT_MASK)
+    np.testing.assert_array_equal(module.apply(variables, PROMPT_IDS, PROMPT_MASK, logits_to_keep=3), full[:, -3:])
+    last, _ = module.apply(variables, PROMPT_IDS, PROMPT_MASK, cache=module.init_cache(3, 9), logits_to_keep=1)
+    assert last.shape == (3, 1, HF_CONFIG["vocab_size"])
+    assert_close(last, full[:, -1:], what="prefill's last logits")
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match=rf"logits_to_keep must be an int >= 0 \(0: every position\), got {bad}"):
+            module.apply(variables, PROMPT_IDS, PROMPT_MASK, logits_to_keep=bad)

@@ -30,6 +30,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -221,6 +222,24 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[
     return {k: pt.data_sharding(v.shape, mesh, rules) for k, v in batch.items()}
 
 
+def place_batch(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[str, jax.Array]:
+    """The batch on `mesh`, each array split along its batch dim as `batch_shardings` says.
+
+    On a mesh of several processes (hosts), each process passes its own part of the global
+    batch: its rows as numpy (or arrays on its own devices), the global batch size divided by
+    the number of processes the batch axes span, and the global arrays are assembled from
+    every process's rows (`jax.make_array_from_process_local_data`; a process's rows go where
+    its devices hold the batch: on a `jax.make_mesh` mesh, process 0's first). In one process
+    the part is the whole batch. A `jax.Array` that already spans the processes is
+    taken as the global batch."""
+    def place(x):
+        if mesh.is_multi_process and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            spec = pt.logical_to_spec(("batch",) + (None,) * (np.ndim(x) - 1), rules, mesh)
+            x = jax.make_array_from_process_local_data(NamedSharding(pt.auto_mesh(mesh), spec), np.asarray(x))
+        return jax.device_put(x, pt.data_sharding(x.shape, mesh, rules))
+    return {k: place(v) for k, v in batch.items()}
+
+
 # The smallest and largest id of a batch on device (sharded or not): two numbers cross to the host.
 _id_extremes = jax.jit(lambda ids: jnp.stack([jnp.min(ids), jnp.max(ids)])[None])
 
@@ -269,7 +288,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
     `next_token_loss`, compiled once per batch shape.
 
     With `mesh`, the state's in and out shardings are `train_state_shardings(module, tx, mesh,
-    rules)` and the batch is placed by `batch_shardings` (its batch dim over the data axes);
+    rules)` and the batch is placed by `place_batch` (its batch dim over the data axes; on a
+    mesh of several processes, each process passes its own rows);
     the activations follow `rules` (the step traces under `activation_sharding`). `donate=True`
     donates the state: its buffers are reused for the new one. `batch` is a dict with
     `input_ids`, optionally `attention_mask` and `loss_mask` (see `next_token_weights`);
@@ -301,10 +321,13 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
                      donate_argnums=(0,) if donate else ())
 
     def step(state: TrainState, batch: Mapping[str, Any], rng: jax.Array | None = None):
-        batch = check_batch(batch, module.config.vocab_size)
         if mesh is None:
-            return jitted(state, batch, rng)
-        batch = jax.device_put(batch, batch_shardings(batch, mesh, rules))
+            return jitted(state, check_batch(batch, module.config.vocab_size), rng)
+        batch = place_batch(check_batch(batch), mesh, rules)
+        # The ids checked once placed: across processes every process then sees the global
+        # batch's extremes and refuses a bad id together (one refusing alone would leave the
+        # others waiting in the step's collectives).
+        _check_input_ids(batch["input_ids"], module.config.vocab_size)
         with pt.activation_sharding(mesh, rules):
             return jitted(state, batch, rng)
 

@@ -1,6 +1,11 @@
 """Small shared pieces for the tests."""
 
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +13,8 @@ import jax
 import numpy as np
 
 from jimm_nnx.reference import RTOL
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             image_size=16, patch_size=4, num_labels=5)
@@ -36,6 +43,37 @@ def assert_same_tree(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert x.dtype == y.dtype
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(script: Path, args: list[str], count: int = 2, devices: int = 4, timeout: float = 300) -> None:
+    """Run `python script <process id> <port> *args` as `count` processes on CPU with `devices`
+    fake devices each (a `jax.distributed` job on localhost); fails the calling test with every
+    process's output when one exits non-zero or the job outlives `timeout` seconds."""
+    import pytest
+
+    port = str(free_port())
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, *map(str, args)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(count)]
+    logs, timed_out, deadline = [], False, time.monotonic() + timeout
+    for p in procs:
+        try:  # one deadline for the job: a hung process leaves the others waiting in a collective
+            logs.append(p.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            for q in procs:
+                q.kill()
+            logs.append(p.communicate()[0])
+    if timed_out or any(p.returncode for p in procs):
+        pytest.fail("\n".join(f"process {i} {'timed out' if timed_out else 'exited'} ({p.returncode}); its output:\n"
+                              f"{log[-4000:]}" for i, (p, log) in enumerate(zip(procs, logs))))
 
 
 def nhwc(pixels_nchw):

@@ -1,5 +1,6 @@
 """Small shared pieces for the tests."""
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -37,12 +38,13 @@ def assert_close(ours, ref, rtol: float = RTOL, what: str = "output"):
     assert diff <= bound(ref, rtol), f"{what}: max abs diff {diff:.3e} > {bound(ref, rtol):.3e}"
 
 
-def assert_same_tree(a, b):
-    """Same structure, dtypes and values, bit for bit."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+def assert_same_tree(a, b, what: str = ""):
+    """Same structure, dtypes and values, bit for bit (a difference names `what` and the leaf)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b), what
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        where = f"{what}{jax.tree_util.keystr(path)}"
+        assert x.dtype == y.dtype, f"{where}: dtype {x.dtype} vs {y.dtype}"
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=where)
 
 
 def free_port() -> int:
@@ -51,18 +53,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(script: Path, args: list[str], count: int = 2, devices: int = 4, timeout: float = 300) -> None:
+@contextlib.contextmanager
+def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeout: float = 300):
     """Run `python script <process id> <port> *args` as `count` processes on CPU with `devices`
-    fake devices each (a `jax.distributed` job on localhost); fails the calling test with every
-    process's output when one exits non-zero or the job outlives `timeout` seconds."""
+    fake devices each (a `jax.distributed` job on localhost) while the `with` body runs; on
+    leaving, wait for them and fail the calling test with every process's output when one
+    exited non-zero or the job outlived `timeout` seconds (counted from the start)."""
     import pytest
 
     port = str(free_port())
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    deadline = time.monotonic() + timeout
     procs = [subprocess.Popen([sys.executable, str(script), str(i), port, *map(str, args)], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(count)]
-    logs, timed_out, deadline = [], False, time.monotonic() + timeout
+    try:
+        yield
+    except BaseException:
+        for p in procs:
+            p.kill()
+            p.communicate()
+        raise
+    logs, timed_out = [], False
     for p in procs:
         try:  # one deadline for the job: a hung process leaves the others waiting in a collective
             logs.append(p.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])

@@ -22,7 +22,7 @@ from jimm_nnx import reference as parity
 from jimm_linen import partitioning as pt
 from jimm_linen.checkpoint import engine
 from jimm_linen.checkpoint.keys import ConvKernel, DropLeading, Flatten, Fused, LinearKernel, Transform
-from tests.helpers import TINY, assert_close, assert_same_tree, run_processes
+from tests.helpers import TINY, assert_close, assert_same_tree, processes
 
 
 @pytest.fixture(scope="module")
@@ -272,10 +272,9 @@ def _multihost_worker(process_id: int, port: int, directory: str, out: str) -> N
 
 
 def test_two_processes_load_their_own_slices_and_match_one_process(vit_dir, tmp_path):
-    run_processes(Path(__file__), [vit_dir, tmp_path])
-
-    model, variables = jimm_linen.from_pretrained(vit_dir)
-    want = np.asarray(model.apply(variables, _images()))
+    with processes(Path(__file__), [vit_dir, tmp_path]):
+        model, variables = jimm_linen.from_pretrained(vit_dir)
+        want = np.asarray(model.apply(variables, _images()))
     for i in (0, 1):
         assert_close(np.load(tmp_path / f"logits{i}.npy"), want, what=f"process {i} logits")
 

@@ -4,7 +4,8 @@ slices of a random-weight Llama checkpoint (`rules="fsdp"`), generates greedily,
 own rows of the batch to an AdamW train step, saves the state with Orbax, restores it onto the
 mesh and steps on. Against the same run in one process with 8 devices: the same greedy tokens,
 losses and train states; within each run, the restored state is the saved one and its next
-step is the uninterrupted one's, bit for bit.
+step is the uninterrupted one's, bit for bit; a batch with an id past the vocabulary in one
+process's rows is refused by both processes, before the donated state is touched.
 
 Run as a script, this file is one of the two processes (`_worker`).
 """
@@ -25,7 +26,7 @@ import jimm_linen
 from jimm_linen import partitioning as pt
 from jimm_linen import train_state_io, training
 from tests import lm_checkpoints as lmc
-from tests.helpers import assert_close, run_processes
+from tests.helpers import assert_close, assert_same_tree, processes
 
 AXES = ("data", "fsdp", "tensor")
 RULES = "fsdp"
@@ -65,6 +66,11 @@ def scenario(directory: str, checkpoints: str) -> dict:
     rows = own_rows(mesh, lmc.BATCH)
     first, second = ({k: v[rows] for k, v in lmc.batch(seed, pad).items()}
                      for seed, pad in ((1, (2, 0, 4, 1)), (2, (0, 6, 0, 3))))
+    bad = {k: v.copy() for k, v in first.items()}
+    if jax.process_index() == jax.process_count() - 1:  # an id past the vocabulary in one process's rows
+        bad["input_ids"][-1, -1] = model.config.vocab_size
+    with pytest.raises(ValueError, match=rf"token ids must lie in \[0, {model.config.vocab_size}\)"):
+        step(state, bad)  # refused by every process (none waits in a collective), the state kept
     state, m1 = step(state, first)
     train_state_io.save(checkpoints, state)
     restored = train_state_io.restore(checkpoints, training.abstract_train_state(model, TX, mesh=mesh, rules=RULES))
@@ -92,24 +98,17 @@ def llama_dir(tmp_path_factory):
     return directory
 
 
-def assert_equal_trees(a, b, what: str):
-    assert jax.tree.structure(a) == jax.tree.structure(b), what
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-        assert x.dtype == y.dtype, f"{what}{jax.tree_util.keystr(path)}: dtype {x.dtype} vs {y.dtype}"
-        np.testing.assert_array_equal(x, y, err_msg=f"{what}{jax.tree_util.keystr(path)}")
-
-
 def test_two_processes_load_generate_train_and_resume_as_one(llama_dir, tmp_path):
-    run_processes(Path(__file__), [llama_dir, tmp_path / "two"])
+    with processes(Path(__file__), [llama_dir, tmp_path / "two"]):
+        one = scenario(str(llama_dir), str(tmp_path / "one" / "checkpoints"))
     results = [pickle.loads((tmp_path / "two" / f"result{i}.pkl").read_bytes()) for i in (0, 1)]
-    one = scenario(str(llama_dir), str(tmp_path / "one" / "checkpoints"))
 
     # Each process feeds half the batch, process 0 the first half (as `training.place_batch` says).
     assert one["rows"] == [0, 1, 2, 3] and [r["rows"] for r in results] == [[0, 1], [2, 3]]
     for i, two in enumerate(results):
         for run, r in (("one process", one), (f"process {i}", two)):
-            assert_equal_trees(r["restored"], r["saved"], f"{run}: restored vs saved ")
-            assert_equal_trees(r["resumed"], r["state"], f"{run}: resumed vs uninterrupted step ")
+            assert_same_tree(r["restored"], r["saved"], f"{run}: restored vs saved ")
+            assert_same_tree(r["resumed"], r["state"], f"{run}: resumed vs uninterrupted step ")
             assert r["resumed_loss"] == r["losses"][1], run
         np.testing.assert_array_equal(two["tokens"], one["tokens"], err_msg=f"process {i}: greedy tokens")
         # Across the two layouts the collectives sum in another order (gloo between the

@@ -222,22 +222,28 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[
     return {k: pt.data_sharding(v.shape, mesh, rules) for k, v in batch.items()}
 
 
-def place_batch(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[str, jax.Array]:
-    """The batch on `mesh`, each array split along its batch dim as `batch_shardings` says.
+def place_rows(x, sharding_of: Callable[[tuple[int, ...]], NamedSharding]) -> jax.Array:
+    """`x`, an input array with the batch first, placed as `sharding_of(global shape)` says.
 
-    On a mesh of several processes (hosts), each process passes its own part of the global
-    batch: its rows as numpy (or arrays on its own devices), the global batch size divided by
-    the number of processes the batch axes span, and the global arrays are assembled from
-    every process's rows (`jax.make_array_from_process_local_data`; a process's rows go where
-    its devices hold the batch: on a `jax.make_mesh` mesh, process 0's first). In one process
-    the part is the whole batch. A `jax.Array` that already spans the processes is
-    taken as the global batch."""
-    def place(x):
-        if mesh.is_multi_process and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
-            spec = pt.logical_to_spec(("batch",) + (None,) * (np.ndim(x) - 1), rules, mesh)
-            x = jax.make_array_from_process_local_data(NamedSharding(pt.auto_mesh(mesh), spec), np.asarray(x))
-        return jax.device_put(x, pt.data_sharding(x.shape, mesh, rules))
-    return {k: place(v) for k, v in batch.items()}
+    On a mesh of several processes (hosts), host data (numpy, or an array on this process's own
+    devices) is this process's rows of the global batch: the global array is assembled from
+    every process's rows (`jax.make_array_from_process_local_data`), a process's rows going
+    where its devices hold the batch (on a `jax.make_mesh` mesh, process 0's first). In one
+    process they are the whole batch. A `jax.Array` already spanning the processes is the
+    global batch."""
+    shape = tuple(np.shape(x))
+    if shape and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        # Split as a global batch whose rows every mesh axis divides: each process's part of it.
+        probe = sharding_of((shape[0] * sharding_of(shape).mesh.size,) + shape[1:])
+        if not probe.is_fully_addressable:
+            x = jax.make_array_from_process_local_data(probe, np.asarray(x))
+    return jax.device_put(x, sharding_of(tuple(x.shape)))
+
+
+def place_batch(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[str, jax.Array]:
+    """The batch on `mesh`, each array split along its batch dim as `batch_shardings` says; on a
+    mesh of several processes, each process passes its own rows (see `place_rows`)."""
+    return {k: place_rows(v, lambda shape: pt.data_sharding(shape, mesh, rules)) for k, v in batch.items()}
 
 
 # The smallest and largest id of a batch on device (sharded or not): two numbers cross to the host.
@@ -323,11 +329,10 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
     def step(state: TrainState, batch: Mapping[str, Any], rng: jax.Array | None = None):
         if mesh is None:
             return jitted(state, check_batch(batch, module.config.vocab_size), rng)
-        batch = place_batch(check_batch(batch), mesh, rules)
-        # The ids checked once placed: across processes every process then sees the global
-        # batch's extremes and refuses a bad id together (one refusing alone would leave the
+        # The ids are checked once placed: across processes each process then sees the global
+        # batch's extremes, and all refuse a bad id together (one refusing alone would leave the
         # others waiting in the step's collectives).
-        _check_input_ids(batch["input_ids"], module.config.vocab_size)
+        batch = check_batch(place_batch(check_batch(batch), mesh, rules), module.config.vocab_size)
         with pt.activation_sharding(mesh, rules):
             return jitted(state, batch, rng)
 

@@ -2,7 +2,7 @@
 devices each, one 8-device `("data", "fsdp", "tensor")` = (2, 2, 2) mesh. Each process loads its
 slices of a random-weight Llama checkpoint (`rules="fsdp"`), generates greedily, feeds only its
 own rows of the batch to an AdamW train step, saves the state with Orbax, restores it onto the
-mesh and steps on. Against the same run in one process with 8 devices: the same greedy tokens,
+mesh and steps on; the NNX train step takes the same rows. Against the same run in one process with 8 devices: the same greedy tokens,
 losses and train states; within each run, the restored state is the saved one and its next
 step is the uninterrupted one's, bit for bit; a batch with an id past the vocabulary in one
 process's rows is refused by both processes, before the donated state is touched.
@@ -20,9 +20,11 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jimm_linen
+import jimm_nnx
 from jimm_linen import partitioning as pt
 from jimm_linen import train_state_io, training
 from tests import lm_checkpoints as lmc
@@ -73,13 +75,18 @@ def scenario(directory: str, checkpoints: str) -> dict:
         step(state, bad)  # refused by every process (none waits in a collective), the state kept
     state, m1 = step(state, first)
     train_state_io.save(checkpoints, state)
+    with jax.set_mesh(mesh):  # the NNX step, from the same checkpoint and rows
+        lm = jimm_nnx.CausalLM.from_pretrained(directory)
+        optimizer = nnx.Optimizer(lm, TX, wrt=nnx.Param)
+        nnx_loss = float(jimm_nnx.make_train_step(chunk_size=CHUNK)(lm, optimizer, first)["loss"])
+        nnx_state = gather(jimm_nnx.train_state(lm, optimizer))
     restored = train_state_io.restore(checkpoints, training.abstract_train_state(model, TX, mesh=mesh, rules=RULES))
     saved, restored_host = gather(state), gather(restored)
     resumed, m2_resumed = step(restored, second)
     state, m2 = step(state, second)
     return dict(tokens=tokens, losses=[float(m1["loss"]), float(m2["loss"])], resumed_loss=float(m2_resumed["loss"]),
                 saved=saved, restored=restored_host, state=gather(state), resumed=gather(resumed),
-                rows=rows)
+                rows=rows, nnx_loss=nnx_loss, nnx_state=nnx_state)
 
 
 def _worker(process_id: int, port: int, directory: str, out: str) -> None:
@@ -110,6 +117,8 @@ def test_two_processes_load_generate_train_and_resume_as_one(llama_dir, tmp_path
             assert_same_tree(r["restored"], r["saved"], f"{run}: restored vs saved ")
             assert_same_tree(r["resumed"], r["state"], f"{run}: resumed vs uninterrupted step ")
             assert r["resumed_loss"] == r["losses"][1], run
+            assert_close(r["nnx_loss"], r["losses"][0], what=f"{run}: NNX loss vs Linen")
+            jax.tree.map(lambda x, y: assert_close(x, y, what=f"{run}: NNX state vs Linen"), r["nnx_state"], r["saved"])
         np.testing.assert_array_equal(two["tokens"], one["tokens"], err_msg=f"process {i}: greedy tokens")
         # Across the two layouts the collectives sum in another order (gloo between the
         # processes): equal to float32 rounding, the parity bound.

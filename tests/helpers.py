@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeout: float = 300):
+def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeout: float = 600):
     """Run `python script <process id> <port> *args` as `count` processes on CPU with `devices`
     fake devices each (a `jax.distributed` job on localhost) while the `with` body runs; on
     leaving, wait for them and fail the calling test with every process's output when one
@@ -65,27 +66,32 @@ def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeou
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     deadline = time.monotonic() + timeout
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, *map(str, args)], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(count)]
-    try:
-        yield
-    except BaseException:
-        for p in procs:
-            p.kill()
-            p.communicate()
-        raise
-    logs, timed_out = [], False
-    for p in procs:
-        try:  # one deadline for the job: a hung process leaves the others waiting in a collective
-            logs.append(p.communicate(timeout=max(0.1, deadline - time.monotonic()))[0])
+    with contextlib.ExitStack() as stack:
+        # Output to files, not pipes: a full pipe would stall a process while the body runs.
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(count)]
+        procs = [subprocess.Popen([sys.executable, str(script), str(i), port, *map(str, args)], env=env, cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT, text=True) for i, log in enumerate(logs)]
+        killed = set()
+        try:
+            yield
+            for p in procs:  # one deadline for the job: a hung process leaves the others waiting in a collective
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            timed_out = True
-            for q in procs:
-                q.kill()
-            logs.append(p.communicate()[0])
-    if timed_out or any(p.returncode for p in procs):
-        pytest.fail("\n".join(f"process {i} {'timed out' if timed_out else 'exited'} ({p.returncode}); its output:\n"
-                              f"{log[-4000:]}" for i, (p, log) in enumerate(zip(procs, logs))))
+            pass
+        finally:
+            for i, p in enumerate(procs):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                    killed.add(i)
+        if killed or any(p.returncode for p in procs):
+            outputs = []
+            for log in logs:
+                log.seek(0)
+                outputs.append(log.read()[-4000:])
+            pytest.fail("\n".join(
+                f"process {i} {f'killed after {timeout} s' if i in killed else f'exited {p.returncode}'}; its "
+                f"output:\n{out}" for i, (p, out) in enumerate(zip(procs, outputs))))
 
 
 def nhwc(pixels_nchw):

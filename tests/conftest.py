@@ -26,8 +26,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The full-size (`slow`) and legacy Flax tests first, in their collection order: they take
-    tens of seconds each (the first legacy one also the side install), and an xdist worker that
-    gets one last keeps the run going alone. Each is a function of `tmp_path` only, or its whole
-    file moves with it, so no module-scoped fixture is set up twice."""
-    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("legacy_flax")))
+    """The full-size (`slow`), legacy Flax and notebook tests first, in their collection order:
+    they take tens of seconds each (the first legacy one also the side install), and an xdist
+    worker that gets one last keeps the run going alone. Each is a function of `tmp_path` only,
+    or its whole file moves with it, so no module-scoped fixture is set up twice."""
+    first = ("slow", "legacy_flax", "notebooks")
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in first))

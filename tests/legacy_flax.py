@@ -54,6 +54,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TRANSFORMERS_VERSION = "4.57.6"
@@ -74,12 +75,17 @@ def install_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def _file_lock(path: Path, waiting: str):
+    """An exclusive `fcntl` lock on `path`; `waiting` is said if another process holds it."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -97,6 +103,13 @@ def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def say(message: str) -> None:
+    """Progress of a side install on stderr: pip takes minutes and says nothing. Under pytest,
+    `tests/conftest.py` replaces this with a write that bypasses the output capture, so that it
+    reaches the terminal from an xdist worker too."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def resolve_side_packages(tmp: Path, requirement: str = REQUIREMENT) -> list[str]:
@@ -120,11 +133,14 @@ def side_install(target: Path, requirement: str, check: str, env) -> Path:
     getting the folder as argv[1]) with `env(folder)`, stamp, rename into place."""
     if (target / STAMP).exists():
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with _file_lock(target.with_name(target.name + ".lock"), f"{requirement}: waiting for another process "
+                    f"installing it into {target}"):
         if (target / STAMP).exists():  # another process installed it while we waited
             return target
         if target.exists():  # no stamp: a crashed install; start over
             shutil.rmtree(target)
+        say(f"{requirement}: first use, installing it beside the main env into {target} (a minute or two)")
+        start = time.monotonic()
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -137,6 +153,7 @@ def side_install(target: Path, requirement: str, check: str, env) -> Path:
             (tmp / STAMP).write_text(json.dumps({"requirement": requirement, "packages": pins,
                                                  "python": sys.version}, indent=2))
             os.replace(tmp, target)
+            say(f"{requirement}: installed in {time.monotonic() - start:.0f} s")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

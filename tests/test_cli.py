@@ -1,6 +1,7 @@
 """`jimm parity`: the main job on its embedded defaults, on a directory, its exit status, and what
 it says on stderr while it works."""
 
+import inspect
 import os
 import re
 import subprocess
@@ -21,19 +22,50 @@ from tests.lm_checkpoints import build_llama
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_parity_on_embedded_defaults(capsys):
-    assert cli.main(["parity"]) == 0
-    captured = capsys.readouterr()
-    out, err = captured.out, captured.err
+# The families whose embedded defaults only this file runs through the parity check: DINOv2's and
+# DINOv3's configs (tests/parity/ and tests/test_dino.py use others), and the decoders whose greedy
+# column against HF `generate` is tested nowhere else (Llama's is in tests/test_generation.py, the
+# other decoders' in their tests/parity/ files). Every default of the other families is checked
+# against HF, Linen and NNX, in tests/parity/; running all 35 here took 100-470 s in CI. Two runs of an
+# image family and a decoder family each, which xdist can give to both workers.
+SELECTED = (("dinov2", "qwen3"), ("dinov3", "olmo2"))
+
+
+def test_parity_defaults_are_every_family(monkeypatch, capsys):
+    """Without `--family`, `jimm parity` checks the embedded defaults of every family the
+    registry knows (the check itself is stubbed: running them all is the selected run below)."""
+    import jimm_nnx.parity
+
     families = ("vit", "clip", "siglip", "dinov2", "dinov3", *parity.DECODERS)
     assert tuple(parity.DEFAULTS) == families
+    assert sum(map(len, parity.DEFAULTS.values())) == 11 + sum(len(f.parity) for f in parity.DECODERS.values())
+    asked, check = [], jimm_nnx.parity.check
+
+    def recorded(*args, **kwargs):
+        asked.append(inspect.signature(check).bind(*args, **kwargs).arguments["families"])
+        return []
+
+    monkeypatch.setattr(jimm_nnx.parity, "check", recorded)
+    assert cli.main(["parity"]) == 0
+    assert asked == [list(families)]
+    assert "all 0 checks within rel" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("families", SELECTED, ids=",".join)
+def test_parity_on_embedded_defaults_of_the_selected_families(families, capsys):
+    assert cli.main(["parity", "--family", ",".join(families)]) == 0
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
     names = [(family, name) for family in families for name in parity.DEFAULTS[family]]
-    assert len(names) == 11 + sum(len(f.parity) for f in parity.DECODERS.values())
+    table = out.splitlines()
+    assert len(table) == 2 + 2 * sum(1 if family in parity.DECODERS else 2 for family, _ in names) + 2
     for i, (family, name) in enumerate(names):
-        rows = [row for row in out.splitlines() if row.startswith(f"| {name} ")]
+        rows = [row for row in table if row.startswith(f"| {name} ")]
         assert [row.split("|")[2].strip() for row in rows] == ["linen", "nnx"]
-        # Image models also run at another resolution; decoders on a left-padded batch.
+        # Image models also run at another resolution; decoders on a left-padded batch, with the
+        # greedy column against HF `generate`.
         assert (f"| {name}@" in out) == (family not in parity.DECODERS)
+        assert all((row.split("|")[7].strip() == "100%") == (family in parity.DECODERS) for row in rows)
         assert f"building reference {i + 1}/{len(names)}: {name} ({family})" in err
     assert "NO" not in out
     assert "building" not in out and "loading through" not in out

@@ -35,8 +35,10 @@ def title(name: str, rows: list[dict]) -> str:
     cfg = r0["hf_config"]
     size = decoder_matmul_params(cfg) + (0 if cfg.get("tie_word_embeddings") else cfg["hidden_size"] * cfg["vocab_size"])
     task, how = DECODER_TASKS[r0["task"]]
-    what = (f"{r0['seq']}-token prompt + {r0['new_tokens']} new tokens" if r0["task"] == "decode" else
-            f"{how}{r0['batch']} x {r0['seq']} tokens")
+    if r0["task"] == "decode":
+        task, what = f"{task} of {r0['new_tokens']} tokens", f"{r0['seq']}-token prompt"
+    else:
+        what = f"{how}{r0['batch']} x {r0['seq']} tokens"
     bf16 = ", bf16" if r0["dtype"] == "bfloat16" else ""
     size = f"{size / 1e6:.0f}M" if size >= 1e6 else f"{size / 1e3:.0f}k"
     return f"{r0['model'].capitalize()} {size} {task}, batch {r0['batch']}{bf16} ({what})"
@@ -106,10 +108,10 @@ def decoder_table(rows: list[dict]) -> str:
     decode = rows[0]["task"] == "decode"
     if decode:
         head = ("| contender | ms / token | tokens/s | call (s) | min-max (s) | vs " + base["label"] +
-                " | bytes / step (MB) | of bandwidth | compile (s) | max RSS (MiB) |")
+                " | bytes / step (MB) | of bandwidth | first call - steady (s) | max RSS (MiB) |")
     else:
         head = ("| contender | step (s) | min-max (s) | tokens/s | vs " + base["label"] +
-                " | MFU | compile (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
+                " | MFU | first call - steady (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in sorted(rows, key=lambda r: r["median_s"]):
         common = f"{base['median_s'] / r['median_s']:.2f}x"
@@ -129,11 +131,11 @@ def decoder_table(rows: list[dict]) -> str:
 
 
 def failed_line(r0: dict) -> str:
-    """The entries a `--keep-going` run left out, each with the last line of its error."""
+    """The entries a `--keep-going` run left out, each with the first line of its error."""
     failed = r0.get("failed") or {}
     if not failed:
         return ""
-    why = "; ".join(f"{label}: `{(err.strip().splitlines() or ['?'])[-1][:200]}`" for label, err in failed.items())
+    why = "; ".join(f"{label}: `{(err.strip().splitlines() or ['?'])[0][:200]}`" for label, err in failed.items())
     return f"\n\nLeft out, their process failed: {why}"
 
 

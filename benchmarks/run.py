@@ -109,7 +109,8 @@ def _run_worker(spec: dict, tmp: Path, timeout: int) -> dict:
                           text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{spec['label']} on {spec['workload']} failed (exit {proc.returncode}):\n"
+        how = f"exit {proc.returncode}" + (f", killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
+        raise RuntimeError(f"{spec['label']} on {spec['workload']} failed ({how}):\n"
                            f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 

@@ -204,7 +204,7 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path, limits: dict | None 
         order = entries if r % 2 == 0 else entries[::-1]
         for e in order:
             spec = dict(base, **e.options, contender=e.contender, label=e.name, out=str(tmp / "out" / e.name),
-                        corrupt=e.contender in args.corrupt)
+                        corrupt=e.contender in args.corrupt, fail=e.contender in args.fail)
             t0 = time.perf_counter()
             if e.name in failed:
                 continue
@@ -308,10 +308,12 @@ def main(argv=None) -> int:
     p.add_argument("--allow-cpu", action="store_true", help="GPU suite on CPU (logic check only, with --quick)")
     p.add_argument("--list", action="store_true")
     p.add_argument("--corrupt", default="", help=argparse.SUPPRESS)  # test hook
+    p.add_argument("--fail", default="", help=argparse.SUPPRESS)  # test hook: these contenders' processes fail
     args = p.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.contenders = [c for c in args.contenders.split(",") if c]
     args.corrupt = [c for c in args.corrupt.split(",") if c]
+    args.fail = [c for c in args.fail.split(",") if c]
 
     if args.suite == "gpu" and args.wheels:
         py = _setup_gpu_venv(args.wheels)

@@ -619,6 +619,8 @@ def compile_only(spec) -> dict:
 
 
 def run(spec: dict) -> dict:
+    if spec.get("fail"):  # test hook: a contender whose process fails
+        raise SystemExit("this contender fails on purpose (--fail)")
     if spec["task"] == "compile":
         return compile_only(spec)
     t0 = time.perf_counter()

@@ -308,3 +308,21 @@ def test_decoder_flop_formula_matches_xla_cost_analysis():
     ours = workloads.decoder_flops(cfg, 2, 256, train=False)
     assert ours <= xla["flops"] <= 1.08 * ours
     assert workloads.decoder_flops(cfg, 2, 256, train=True) == 3 * ours
+
+
+def test_keep_going_records_a_failed_contender_and_leaves_it_out(tmp_path):
+    results = tmp_path / "r.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    args = [sys.executable, "-m", "benchmarks.run", "--suite", "llm", "--quick", "--workloads", "llama_prefill",
+            "--contenders", "hf_torch_eager,jimm_linen", "--fail", "jimm_linen", "--results", str(results),
+            "--no-docs"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert proc.returncode != 0 and "fails on purpose" in proc.stderr
+    assert [json.loads(line)["workload"] for line in results.read_text().splitlines()] == ["machine"]
+    proc = subprocess.run(args + ["--keep-going"], capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines() if '"llama_prefill"' in line]
+    assert [r["label"] for r in rows] == ["hf_torch_eager"]
+    assert list(rows[0]["failed"]) == ["jimm_linen"] and "fails on purpose" in rows[0]["failed"]["jimm_linen"]
+    block = report.render(results)
+    assert "Left out, their process failed: jimm_linen: `jimm_linen on llama_prefill failed (exit 1):`" in block

@@ -33,7 +33,8 @@ def title(name: str, rows: list[dict]) -> str:
     from benchmarks.workloads import decoder_matmul_params
 
     cfg = r0["hf_config"]
-    size = decoder_matmul_params(cfg) + (0 if cfg.get("tie_word_embeddings") else cfg["hidden_size"] * cfg["vocab_size"])
+    embedding = 0 if cfg.get("tie_word_embeddings") else cfg["hidden_size"] * cfg["vocab_size"]
+    size = decoder_matmul_params(cfg) + embedding
     task, how = DECODER_TASKS[r0["task"]]
     if r0["task"] == "decode":
         task, what = f"{task} of {r0['new_tokens']} tokens", f"{r0['seq']}-token prompt"

@@ -663,7 +663,8 @@ def run(spec: dict) -> dict:
     elif spec.get("device", "cpu").startswith("cuda"):
         device_kind = sys.modules["torch"].cuda.get_device_name()
     return dict(
-        device_kind=device_kind, contender=spec["contender"], versions=bench.versions, load_s=load_s, compile_s=compile_s,
+        device_kind=device_kind, contender=spec["contender"], versions=bench.versions, load_s=load_s,
+        compile_s=compile_s,
         median_s=med, min_s=min(times), max_s=max(times), times_s=times,
         throughput=spec["batch"] / med, xla_peak_bytes=bench.xla_peak_bytes,
         max_rss_bytes=max_rss_bytes(), xla_flops=bench.flops,

@@ -21,6 +21,30 @@ TITLES = {
 }
 
 
+DECODER_TASKS = {"decode": ("greedy decode", ""), "prefill": ("prefill", "forward, every position's logits, "),
+                 "train": ("training step", "forward + next-token CE + backward + AdamW, ")}
+
+
+def title(name: str, rows: list[dict]) -> str:
+    """A workload's heading: `TITLES`, or for a decoder workload its family, size and task."""
+    r0 = rows[0]
+    if name in TITLES or r0.get("seq") is None:
+        return TITLES.get(name, name)
+    from benchmarks.workloads import decoder_matmul_params
+
+    cfg = r0["hf_config"]
+    embedding = 0 if cfg.get("tie_word_embeddings") else cfg["hidden_size"] * cfg["vocab_size"]
+    size = decoder_matmul_params(cfg) + embedding
+    task, how = DECODER_TASKS[r0["task"]]
+    if r0["task"] == "decode":
+        task, what = f"{task} of {r0['new_tokens']} tokens", f"{r0['seq']}-token prompt"
+    else:
+        what = f"{how}{r0['batch']} x {r0['seq']} tokens"
+    bf16 = ", bf16" if r0["dtype"] == "bfloat16" else ""
+    size = f"{size / 1e6:.0f}M" if size >= 1e6 else f"{size / 1e3:.0f}k"
+    return f"{r0['model'].capitalize()} {size} {task}, batch {r0['batch']}{bf16} ({what})"
+
+
 def _mib(x) -> str:
     return "-" if not x else f"{x / 2**20:,.0f}"
 
@@ -51,9 +75,10 @@ def workload_table(rows: list[dict]) -> str:
         return ""
     if rows[0]["task"] == "compile":
         return compile_table(rows)
+    if rows[0].get("seq") is not None:
+        return decoder_table(rows)
     labels = [r["label"] for r in rows]
-    base = next((r for r in rows if r["label"] == "hf_torch_eager"), None) or \
-        next((r for r in rows if r["label"] == rows[0].get("reference")), rows[0])
+    base = _base(rows)
     head = ("| contender | median step (ms) | min-max (ms) | images/s | vs " + base["label"] +
             " | compile / first call (s) | XLA peak (MiB) | max RSS (MiB) | page faults / step | agreement (rel) |")
     lines = [head, "|" + "---|" * head.count(" |")]
@@ -66,6 +91,60 @@ def workload_table(rows: list[dict]) -> str:
             f"{'-' if ag is None else f'{ag:.1e}'} |")
     assert len(labels) == len(set(labels)), labels
     return "\n".join(lines)
+
+
+def _base(rows: list[dict]) -> dict:
+    return next((r for r in rows if r["label"] == "hf_torch_eager"), None) or \
+        next((r for r in rows if r["label"] == rows[0].get("reference")), rows[0])
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def decoder_table(rows: list[dict]) -> str:
+    """Decode: per generated token (a step of every row) and its share of the measured memory
+    bandwidth; prefill / train: tokens/s and MFU against the measured GEMM peak."""
+    base = _base(rows)
+    decode = rows[0]["task"] == "decode"
+    if decode:
+        head = ("| contender | ms / token | tokens/s | call (s) | min-max (s) | vs " + base["label"] +
+                " | bytes / step (MB) | of bandwidth | first call - steady (s) | max RSS (MiB) |")
+    else:
+        head = ("| contender | step (s) | min-max (s) | tokens/s | vs " + base["label"] +
+                " | MFU | first call - steady (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
+    lines = [head, "|" + "---|" * head.count(" |")]
+    for r in sorted(rows, key=lambda r: r["median_s"]):
+        common = f"{base['median_s'] / r['median_s']:.2f}x"
+        if decode:
+            lines.append(
+                f"| {r['label']} | {r['ms_per_token']:,.1f} | {r['throughput']:,.1f} | {r['median_s']:,.2f} | "
+                f"{r['min_s']:,.2f}-{r['max_s']:,.2f} | {common} | {r['decode_bytes_per_step'] / 1e6:,.0f} | "
+                f"{_pct(r.get('bandwidth_fraction'))} | {r['compile_s']:.1f} | {_mib(r.get('max_rss_bytes'))} |")
+        else:
+            ag = r.get("agreement_rel_diff")
+            lines.append(
+                f"| {r['label']} | {r['median_s']:,.2f} | {r['min_s']:,.2f}-{r['max_s']:,.2f} | "
+                f"{r['throughput']:,.0f} | {common} | {_pct(r.get('mfu'))} | {r['compile_s']:.1f} | "
+                f"{_mib(r.get('xla_peak_bytes'))} | {_mib(r.get('max_rss_bytes'))} | "
+                f"{'-' if ag is None else f'{ag:.1e}'} |")
+    return "\n".join(lines)
+
+
+def failed_line(r0: dict) -> str:
+    """The entries a `--keep-going` run left out, each with the first line of its error."""
+    failed = r0.get("failed") or {}
+    if not failed:
+        return ""
+    why = "; ".join(f"{label}: `{(err.strip().splitlines() or ['?'])[0][:200]}`" for label, err in failed.items())
+    return f"\n\nLeft out, their process failed: {why}"
+
+
+def limits_line(m: dict) -> str:
+    return (f"measured limits (`benchmarks.machine`, {m['date']}, load avg {m['loadavg'][0]:.1f}): triad "
+            f"{m['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s over 3 x {m['triad_gib_per_buffer']:g} GiB, GEMM "
+            f"{m['gemm_n']}^2 {m['gemm_float32_flops_per_s'] / 1e9:.0f} GFLOP/s float32, "
+            f"{m['gemm_bfloat16_flops_per_s'] / 1e9:.0f} GFLOP/s bfloat16")
 
 
 def compile_table(rows: list[dict]) -> str:
@@ -98,15 +177,36 @@ def latest_runs(results: Path) -> dict[str, list[dict]]:
 
 
 def render(results: Path) -> str:
-    parts = []
-    for name, rows in latest_runs(results).items():
+    parts, decoders = [], []
+    runs = latest_runs(results)
+    machines = {}  # run_id -> its limits row, from every run (a workload's latest run may be older)
+    for line in results.read_text().splitlines():
+        if line.strip() and (r := json.loads(line))["workload"] == "machine":
+            machines[r["run_id"]] = r
+    for name, rows in runs.items():
         r0 = rows[0]
+        if name == "machine":
+            continue
+        if r0.get("seq") is not None:
+            decoders.append((name, rows))
+            continue
         timing = ("one AOT compile per entry" if r0["task"] == "compile" else
                   f"{r0['rounds']} round(s) x {r0['steps']} timed steps after {r0['warmup']} warm-up")
         parts.append(
             f"**{TITLES.get(name, name)}** - batch {r0['batch']}, {r0['dtype']}, {timing}, {r0['cpu_count']} cores, "
             f"load avg {r0['loadavg_before'][0]:.1f} -> {r0['loadavg_after'][0]:.1f}, {r0['date']} "
-            f"({versions_line(rows)}):\n\n" + workload_table(rows))
+            f"({versions_line(rows)}):\n\n" + workload_table(rows) + failed_line(r0))
+    if decoders:
+        parts.append("### Decoders")
+    for name, rows in decoders:
+        r0 = rows[0]
+        m = machines.get(r0.get("limits_run_id"))
+        parts.append(
+            f"**{title(name, rows)}** - {r0['dtype']}, {r0['rounds']} round(s) x {r0['steps']} timed "
+            f"{'calls' if r0['task'] == 'decode' else 'steps'} after {r0['warmup']} warm-up, {r0['cpu_count']} cores, "
+            f"load avg {r0['loadavg_before'][0]:.1f} -> {r0['loadavg_after'][0]:.1f}, {r0['date']} "
+            f"({versions_line(rows)}); {limits_line(m) if m else 'no measured limits'}:\n\n" + workload_table(rows)
+            + failed_line(r0))
     return "\n\n".join(parts)
 
 
@@ -116,16 +216,18 @@ def summary(results: Path) -> str:
     head = "| workload | jimm_linen (ms) | fastest alternative | its step (ms) | jimm_linen speed-up |"
     lines, alone, runs = [head, "|" + "---|" * head.count(" |")], [], set()
     for name, rows in latest_runs(results).items():
-        title = TITLES.get(name, name).split(" (")[0]
+        if name == "machine":
+            continue
+        heading = title(name, rows).split(" (")[0]
         plain = {r["label"]: r for r in rows if r["label"] == r["contender"] and "median_s" in r}
         others = [r for label, r in plain.items() if label not in OWN]
         if "jimm_linen" not in plain or not others:
-            alone.append(title)
+            alone.append(heading)
             continue
         ours, best = plain["jimm_linen"], min(others, key=lambda r: r["median_s"])
         runs.add(f"{'quick' if ours.get('quick') else 'full'} run (batch {ours['batch']}, {ours['dtype']}, "
                  f"{ours['cpu_count']} cores)")
-        lines.append(f"| {title} | {ours['median_s'] * 1e3:,.1f} | {best['label']} | {best['median_s'] * 1e3:,.1f} | "
+        lines.append(f"| {heading} | {ours['median_s'] * 1e3:,.1f} | {best['label']} | {best['median_s'] * 1e3:,.1f} | "
                      f"{best['median_s'] / ours['median_s']:.2f}x |")
     note = (f"Median step times from each workload's latest {' / '.join(sorted(runs)) or 'run'}, every contender at "
             f"its default settings (entries without `+`); the alternatives are every contender but "

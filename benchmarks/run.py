@@ -4,6 +4,8 @@
     python -m benchmarks.run --suite cpu --workloads vit_b16_infer,vit_b16_train --rounds 3
     python -m benchmarks.run --suite cpu --quick          # tiny config, 2 steps, 3 contenders: harness check
     python -m benchmarks.run --suite gpu --wheels DIR     # sets up .cache/gpu-venv from DIR's wheels, then runs
+    python -m benchmarks.run --suite llm                  # decoders: greedy decode, prefill, training step
+    python -m benchmarks.run --suite llm --workloads llama_decode_b1,llama_decode_b16,llama_prefill
     python -m benchmarks.run --list                       # workloads and contenders
 
 For each workload: the HF checkpoint is built once by `transformers` from the workload's config
@@ -17,6 +19,13 @@ timed steps of all rounds pooled: median / min / max), and the tables in benchma
 the README's summary of them are regenerated from the latest run of each workload. The host's load
 average is recorded before and after each workload, since other processes may compete for the
 cores.
+
+`--suite llm` (decoders) first measures the host's limits in a process of its own
+(`benchmarks.machine`: triad memory bandwidth, float32 and bf16 GEMM peak) and records them as a
+JSON line; each decoder row then carries its share of them: a decode row the bytes a step must
+read (`workloads.decode_bytes_per_step`) x steps/s over the measured bandwidth, a prefill or
+training row its model FLOP/s (`workloads.decoder_flops`) over the measured GEMM peak of its
+dtype. Generated tokens must be identical across contenders (exactly, not within a tolerance).
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ import uuid
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.workloads import AGREE_RTOL, SIDE_INSTALLED, Workload, cpu_suite, gpu_suite, peak_flops
+from benchmarks.workloads import (AGREE_RTOL, SIDE_INSTALLED, Workload, cpu_suite, decode_bytes_per_step, gpu_suite,
+                                  llm_suite, peak_flops)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "results.jsonl"
@@ -48,7 +58,8 @@ class DisagreementError(SystemExit):
 
 def check_agreement(outputs: dict[str, dict], reference: str, rtol: float) -> dict[str, float]:
     """Max relative difference of each entry's outputs to the reference's; raises
-    `DisagreementError` naming every entry and output beyond `rtol`."""
+    `DisagreementError` naming every entry and output beyond `rtol`. Integer outputs (generated
+    tokens) must be equal: their relative difference is the fraction of entries that differ."""
     import numpy as np
 
     ref = outputs[reference]
@@ -59,10 +70,17 @@ def check_agreement(outputs: dict[str, dict], reference: str, rtol: float) -> di
             continue
         diffs = {}
         for k in ref:
-            a, b = np.asarray(out[k], np.float64), np.asarray(ref[k], np.float64)
+            a, b = np.asarray(out[k]), np.asarray(ref[k])
             if a.shape != b.shape:
                 bad.append(f"{name}/{k}: shape {a.shape} vs {b.shape}")
                 continue
+            if np.issubdtype(b.dtype, np.integer):
+                diffs[k] = float(np.mean(a != b))
+                if diffs[k]:
+                    first = tuple(int(i) for i in np.argwhere(a != b)[0])
+                    bad.append(f"{name}/{k}: {np.sum(a != b)} of {a.size} differ, first at {first}")
+                continue
+            a, b = a.astype(np.float64), b.astype(np.float64)
             diffs[k] = float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
             if not diffs[k] <= rtol:  # NaN fails too
                 bad.append(f"{name}/{k}: rel diff {diffs[k]:.2e} > {rtol:g}")
@@ -91,7 +109,8 @@ def _run_worker(spec: dict, tmp: Path, timeout: int) -> dict:
                           text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{spec['label']} on {spec['workload']} failed (exit {proc.returncode}):\n"
+        how = f"exit {proc.returncode}" + (f", killed by signal {-proc.returncode}" if proc.returncode < 0 else "")
+        raise RuntimeError(f"{spec['label']} on {spec['workload']} failed ({how}):\n"
                            f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
@@ -101,6 +120,11 @@ def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
 
     from jimm_nnx.reference import build_reference, build_vit_reference, random_images, random_text
 
+    if w.decoder:  # seeded random weights (every tensor, `randomize_`) and token ids
+        build_reference(w.model, dict(w.hf_config), directory / "ckpt", seed=seed)
+        ids = np.random.RandomState(seed + 1).randint(0, w.hf_config["vocab_size"], (w.batch, w.seq))
+        np.savez(directory / "tokens.npz", ids=ids.astype(np.int32))
+        return
     if w.model == "clip":  # a CLIPModel, NCHW images and (input_ids, attention_mask) for as many texts
         model = build_reference("clip", dict(w.hf_config), directory / "ckpt", seed=seed)
         v, t = model.config.vision_config, model.config.text_config
@@ -115,35 +139,90 @@ def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
     np.save(directory / "labels.npy", np.random.RandomState(seed + 1).randint(0, cfg["num_labels"], w.batch))
 
 
-def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
-    rounds = w.rounds or args.rounds
-    steps = w.steps or args.steps
+def decoder_metrics(w: Workload, step_s: float, limits: dict | None) -> dict:
+    """A decoder row's throughput and its share of the host's measured limits (`limits`: the
+    run's `benchmarks.machine` row). Decode: one step is one generate call of `new_tokens`
+    decode steps (its prefill included, so the per-token numbers are a lower bound on the
+    decode loop's speed); prefill / train: MFU = model FLOP/s over the GEMM peak of the dtype."""
+    out = {}
+    if w.task == "decode":
+        steps_per_s = w.new_tokens / step_s
+        out.update(throughput=w.batch * steps_per_s, throughput_unit="tokens/s", ms_per_token=1e3 / steps_per_s,
+                   decode_bytes_per_step=decode_bytes_per_step(w.hf_config, w.batch, w.seq, w.new_tokens,
+                                                               2 if w.dtype == "bfloat16" else 4))
+        if limits:
+            out["bandwidth_fraction"] = out["decode_bytes_per_step"] * steps_per_s / limits["bandwidth_bytes_per_s"]
+    else:
+        out.update(throughput=w.batch * w.seq / step_s, throughput_unit="tokens/s")
+        if limits:
+            out["mfu"] = w.flops() / step_s / limits[f"gemm_{w.dtype}_flops_per_s"]
+    if limits:
+        out["limits_run_id"] = limits["run_id"]
+    return out
+
+
+def measure_limits(args, run_id: str) -> dict:
+    """`benchmarks.machine` in its own process; its row (workload `machine`) is appended to the
+    results at once."""
+    cmd = [sys.executable, "-m", "benchmarks.machine"] + (["--quick"] if args.quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=args.timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmarks.machine failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    row = dict(json.loads(lines[-1][len("RESULT "):]), run_id=run_id, date=time.strftime("%Y-%m-%d %H:%M:%S"),
+               suite=args.suite, quick=args.quick, workload="machine", task="machine", label="machine",
+               contender="machine", machine=platform.machine())
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"[machine] triad {row['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, GEMM {row['gemm_n']}^2 float32 "
+          f"{row['gemm_float32_flops_per_s'] / 1e9:.0f} / bf16 {row['gemm_bfloat16_flops_per_s'] / 1e9:.0f} GFLOP/s "
+          f"(load avg {row['loadavg'][0]:.2f})", flush=True)
+    return row
+
+
+def run_workload(w: Workload, args, run_id: str, tmp: Path, limits: dict | None = None) -> list[dict]:
+    rounds = args.rounds or w.rounds or (1 if args.quick else 2)
+    steps = args.steps or w.steps or (2 if args.quick else 10)
+    warmup = args.warmup if w.warmup is None else w.warmup
     entries = [e for e in w.entries if not args.contenders or e.contender in args.contenders]
     if not entries:
         return []
     if w.task != "compile":
         build_checkpoint(w, tmp)
-    base = dict(workload=w.name, task=w.task, batch=w.batch, dtype=w.dtype, warmup=args.warmup, steps=steps,
+    base = dict(workload=w.name, task=w.task, batch=w.batch, dtype=w.dtype, warmup=warmup, steps=steps,
                 checkpoint=str(tmp / "ckpt"), images=str(tmp / "images.npy"), labels=str(tmp / "labels.npy"),
                 hf_config=w.hf_config)
     if w.model != "vit":
-        base.update(model=w.model, text=str(tmp / "text.npz"))
+        base.update(model=w.model, text=str(tmp / "text.npz"), tokens=str(tmp / "tokens.npz"), seq=w.seq,
+                    new_tokens=w.new_tokens)
     load_before = os.getloadavg()
     per_entry: dict[str, list[dict]] = {e.name: [] for e in entries}
     agreement: dict[str, float] = {}
+    failed: dict[str, str] = {}
     for r in range(rounds):
         order = entries if r % 2 == 0 else entries[::-1]
         for e in order:
             spec = dict(base, **e.options, contender=e.contender, label=e.name, out=str(tmp / "out" / e.name),
-                        corrupt=e.contender in args.corrupt)
+                        corrupt=e.contender in args.corrupt, fail=e.contender in args.fail)
             t0 = time.perf_counter()
-            row = _run_worker(spec, tmp, args.timeout)
+            if e.name in failed:
+                continue
+            try:
+                row = _run_worker(spec, tmp, args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                if not args.keep_going:
+                    raise
+                failed[e.name] = str(err)[-2000:]
+                del per_entry[e.name]
+                print(f"  [{w.name}] round {r} {e.name} FAILED, left out:\n{failed[e.name]}", flush=True)
+                continue
             print(f"  [{w.name}] round {r} {e.name}: " + (
                 f"compile {row['compile_s']:.2f}s" if w.task == "compile" else
                 f"median {row['median_s'] * 1e3:.1f} ms (compile {row['compile_s']:.2f}s, "
                 f"process {time.perf_counter() - t0:.0f}s)"), flush=True)
             per_entry[e.name].append(row)
-        if r == 0 and w.reference and w.task != "compile":
+        if r == 0 and w.reference and w.task != "compile" and per_entry:
             import numpy as np
 
             ref = w.reference if w.reference in per_entry else next(iter(per_entry))
@@ -154,11 +233,13 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
     load_after = os.getloadavg()
     meta = dict(run_id=run_id, date=time.strftime("%Y-%m-%d %H:%M:%S"), suite=args.suite, quick=args.quick,
                 workload=w.name, task=w.task, model=w.model, batch=w.batch, dtype=w.dtype, hf_config=w.hf_config,
-                rounds=rounds, warmup=args.warmup, steps=steps, machine=platform.machine(),
+                rounds=rounds, warmup=warmup, steps=steps, machine=platform.machine(),
                 cpu_count=len(os.sched_getaffinity(0)), loadavg_before=load_before[:2], loadavg_after=load_after[:2],
-                reference=w.reference, note=w.note)
+                reference=w.reference, note=w.note, failed=failed)
     rows = []
     for e in entries:
+        if e.name in failed:
+            continue
         rs = per_entry[e.name]
         row = dict(meta, contender=e.contender, label=e.name, options=e.options, versions=rs[0]["versions"],
                    compile_s=statistics.median(x["compile_s"] for x in rs),
@@ -170,16 +251,20 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path) -> list[dict]:
         else:
             times = [t for x in rs for t in x["times_s"]]
             med = statistics.median(times)
-            flops = w.flops()
+            flops = None if w.task == "decode" else w.flops()  # a decode call's FLOPs are not what limits it
             row.update(median_s=med, min_s=min(times), max_s=max(times),
                        round_medians_s=[x["median_s"] for x in rs], throughput=w.batch / med,
-                       throughput_unit="images/s", model_flops=flops, achieved_flops_per_s=flops / med,
+                       throughput_unit="images/s", model_flops=flops,
+                       achieved_flops_per_s=None if flops is None else flops / med,
                        xla_flops=rs[0].get("xla_flops"), agreement_rel_diff=agreement.get(e.name),
                        load_s=statistics.median(x["load_s"] for x in rs),
                        minor_faults_per_step=statistics.median(x.get("minor_faults_per_step", 0) for x in rs))
             kind = rs[0].get("device_kind")
-            if kind and peak_flops(kind):
+            if kind and peak_flops(kind) and flops:
                 row.update(device_kind=kind, mfu=flops / med / peak_flops(kind))
+            if w.decoder:
+                row.update(decoder_metrics(w, med, limits), seq=w.seq, new_tokens=w.new_tokens,
+                           first_call_s=statistics.median(x["first_call_s"] for x in rs))
         rows.append(row)
     return rows
 
@@ -201,12 +286,17 @@ def _setup_gpu_venv(wheels: Path) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--suite", choices=("cpu", "gpu", "llm"), default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny config, 2 steps, 1 round, 3 contenders")
     p.add_argument("--workloads", default="", help="comma list (default: every ready workload of the suite)")
     p.add_argument("--contenders", default="", help="comma list to restrict to")
-    p.add_argument("--rounds", type=int, default=None, help="default 2 (1 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per run, default 10 (2 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="overrides the workload's own; default 2 (1 with --quick)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per run, overrides the workload's own; default 10 (2 with --quick)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="a contender whose process fails is reported, recorded as failed and left out of its "
+                        "workload instead of stopping the run")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps after compile, default 2 (1 with --quick)")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--tables", type=Path, default=TABLES, help="file whose full benchmark tables are regenerated")
@@ -218,12 +308,12 @@ def main(argv=None) -> int:
     p.add_argument("--allow-cpu", action="store_true", help="GPU suite on CPU (logic check only, with --quick)")
     p.add_argument("--list", action="store_true")
     p.add_argument("--corrupt", default="", help=argparse.SUPPRESS)  # test hook
+    p.add_argument("--fail", default="", help=argparse.SUPPRESS)  # test hook: these contenders' processes fail
     args = p.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 2)
-    args.steps = args.steps or (2 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.contenders = [c for c in args.contenders.split(",") if c]
     args.corrupt = [c for c in args.corrupt.split(",") if c]
+    args.fail = [c for c in args.fail.split(",") if c]
 
     if args.suite == "gpu" and args.wheels:
         py = _setup_gpu_venv(args.wheels)
@@ -232,7 +322,7 @@ def main(argv=None) -> int:
         del rest[i:i + 2]
         return subprocess.run([str(py), "-m", "benchmarks.run", *rest], cwd=REPO_ROOT).returncode
 
-    suite = (cpu_suite if args.suite == "cpu" else gpu_suite)(args.quick)
+    suite = {"cpu": cpu_suite, "gpu": gpu_suite, "llm": llm_suite}[args.suite](args.quick)
     if args.list:
         for w in suite:
             print(f"{w.name:28s} {w.task:8s} {w.status:8s} {', '.join(e.name for e in w.entries)} {w.note}")
@@ -252,6 +342,9 @@ def main(argv=None) -> int:
 
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     all_rows = []
+    limits = None
+    if wanted:  # in the order asked for
+        suite = sorted((w for w in suite if w.name in wanted), key=lambda w: wanted.index(w.name))
     for w in suite:
         if wanted and w.name not in wanted:
             continue
@@ -259,8 +352,10 @@ def main(argv=None) -> int:
             print(f"[{w.name}] {w.status}: {w.note}")
             continue
         print(f"[{w.name}] {w.task}, batch {w.batch}, {w.dtype} (load avg {os.getloadavg()[0]:.2f})", flush=True)
+        if w.decoder and limits is None:
+            limits = measure_limits(args, run_id)
         with tempfile.TemporaryDirectory(prefix="jimm-bench-") as tmp:
-            rows = run_workload(w, args, run_id, Path(tmp))
+            rows = run_workload(w, args, run_id, Path(tmp), limits)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         with args.results.open("a") as f:
             for row in rows:

@@ -6,6 +6,9 @@ the agreement check. This module imports only what the contender needs, because 
 contenders (legacy HF Flax on transformers 4.57.6, the `jimm` library) run it on a PYTHONPATH
 where `jimm_linen` and transformers 5 must not be imported.
 
+Decoder workloads (`--suite llm`) take their contenders from `benchmarks.llm`, whose `compile` is
+the first call; the reported compile time is that first call minus the median steady one.
+
 Timing protocol inside one process: build (load the checkpoint) -> compile (JAX: AOT
 `lower().compile()`, timed; torch.compile: the first call, timed; torch eager: the first call)
 -> `warmup` untimed steps -> `steps` timed steps, each run to completion
@@ -15,7 +18,7 @@ parameters and optimizer state donated where the framework allows it.
 
 Memory: `xla_peak_bytes` is XLA's `memory_analysis()` of the compiled step (arguments + outputs
 - aliased (donated) + temporaries) for JAX contenders, None for torch; `max_rss_bytes` is the
-process' peak resident set (`getrusage`), for every contender (includes the framework itself
+process' peak resident set (`max_rss_bytes()`: VmHWM), for every contender (includes the framework itself
 and the loaded checkpoint).
 """
 
@@ -44,6 +47,19 @@ def _version(dist: str) -> str | None:
 
 def _versions(*dists: str) -> dict[str, str | None]:
     return {d: _version(d) for d in dists}
+
+
+def max_rss_bytes() -> int:
+    """This process' peak resident set: `VmHWM` of /proc/self/status, the high-water mark of
+    the process' own address space. Not `getrusage`'s `ru_maxrss`: Linux carries that over from
+    the parent through fork and exec, so a worker started by a parent holding a built checkpoint
+    (1.5 GB for the 336M Llama) would report at least the parent's size."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class Bench:
@@ -599,14 +615,22 @@ def compile_only(spec) -> dict:
     t2 = time.perf_counter()
     return dict(contender=spec["contender"], versions=_versions("jax", "jaxlib", "flax"), compile_s=t2 - t0,
                 lower_s=t1 - t0, xla_compile_s=t2 - t1, xla_peak_bytes=_xla_peak(compiled),
-                max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, pid=os.getpid())
+                max_rss_bytes=max_rss_bytes(), pid=os.getpid())
 
 
 def run(spec: dict) -> dict:
+    if spec.get("fail"):  # test hook: a contender whose process fails
+        raise SystemExit("this contender fails on purpose (--fail)")
     if spec["task"] == "compile":
         return compile_only(spec)
     t0 = time.perf_counter()
-    builders = CLIP_CONTENDERS if spec.get("model") == "clip" else CONTENDERS
+    decoder = spec.get("model") not in (None, "vit", "clip")
+    if decoder:
+        from benchmarks import llm
+
+        builders = llm.CONTENDERS
+    else:
+        builders = CLIP_CONTENDERS if spec.get("model") == "clip" else CONTENDERS
     bench = builders[spec["contender"]](spec)
     load_s = time.perf_counter() - t0
     compile_s = bench.compile()
@@ -630,17 +654,21 @@ def run(spec: dict) -> dict:
         check = {k: np.asarray(v) * 1.01 + 0.01 for k, v in check.items()}
     np.savez(out / "check.npz", **check)
     med = statistics.median(times)
+    first_call_s = None
+    if decoder:  # `compile` was the first call
+        first_call_s, compile_s = compile_s, llm.first_call_compile(compile_s, med)
     device_kind = None
     if "jax" in sys.modules:
         device_kind = sys.modules["jax"].devices()[0].device_kind
     elif spec.get("device", "cpu").startswith("cuda"):
         device_kind = sys.modules["torch"].cuda.get_device_name()
-    return dict(device_kind=device_kind, 
-        contender=spec["contender"], versions=bench.versions, load_s=load_s, compile_s=compile_s,
+    return dict(
+        device_kind=device_kind, contender=spec["contender"], versions=bench.versions, load_s=load_s,
+        compile_s=compile_s,
         median_s=med, min_s=min(times), max_s=max(times), times_s=times,
         throughput=spec["batch"] / med, xla_peak_bytes=bench.xla_peak_bytes,
-        max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, xla_flops=bench.flops,
-        minor_faults_per_step=minor_faults, pid=os.getpid(),
+        max_rss_bytes=max_rss_bytes(), xla_flops=bench.flops,
+        minor_faults_per_step=minor_faults, pid=os.getpid(), first_call_s=first_call_s,
     )
 
 

@@ -69,10 +69,20 @@ class Workload:
     steps: int | None = None
     status: str = "ready"  # anything else: listed, not run
     note: str = ""
-    model: str = "vit"  # "vit": ViTForImageClassification; "clip": CLIPModel (images + texts in, logits_per_image out)
+    model: str = "vit"  # "vit": ViTForImageClassification; "clip": CLIPModel (images + texts in, logits_per_image out);
+    # a decoder family of `DECODER_MODELS` ("llama", "qwen3"): its *ForCausalLM on random token ids
+    seq: int = 0  # decoders: prompt / sequence length
+    new_tokens: int = 0  # decode: greedy tokens generated per call (no EOS)
+    warmup: int | None = None  # None: the command line's --warmup
+
+    @property
+    def decoder(self) -> bool:
+        return self.model in DECODER_MODELS
 
     def flops(self) -> float:
-        """Model FLOPs of one step of this workload (`vit_flops` / `clip_flops`)."""
+        """Model FLOPs of one step of this workload (`vit_flops` / `clip_flops` / `decoder_flops`)."""
+        if self.decoder:
+            return decoder_flops(self.hf_config, self.batch, self.seq, train=self.task == "train")
         if self.model == "clip":
             return clip_flops(self.hf_config, self.batch)
         return vit_flops(self.hf_config, self.batch, train=self.task == "train")
@@ -135,6 +145,104 @@ def cpu_suite(quick: bool = False) -> list[Workload]:
             reference="jimm_linen+default", rounds=1, steps=2 if quick else 10,
             note=f"{(long_cfg['image_size'] // long_cfg['patch_size']) ** 2} patch tokens + cls"),
     ]
+
+
+# --- decoders (`--suite llm`) -------------------------------------------------------------------
+
+DECODER_MODELS = ("llama", "qwen3")
+# Llama-3-shaped (GQA, SwiGLU, untied head), 336M parameters. RoPE theta 10000 because legacy HF
+# Flax (transformers 4.57.6) hard-codes it: one checkpoint for every contender.
+LLAMA_336M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=4,
+                  intermediate_size=2816, vocab_size=32000, max_position_embeddings=1024, rope_theta=10000.0,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False)
+# Qwen3-0.6B's real sizes (596M parameters, tied embeddings, head_dim 128 > hidden / heads).
+QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                 intermediate_size=3072, vocab_size=151936, max_position_embeddings=1024, rope_theta=1000000.0,
+                 rms_norm_eps=1e-6, tie_word_embeddings=True)
+TINY_LLAMA = dict(LLAMA_336M, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, vocab_size=128, max_position_embeddings=64)
+TINY_QWEN3 = dict(QWEN3_06B, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=16, intermediate_size=64, vocab_size=128, max_position_embeddings=64)
+DECODE_CONTENDERS = ("hf_torch_eager", "hf_torch_compile", "jimm_linen", "jimm_nnx", "legacy_hf_flax")
+TRAIN_CONTENDERS = ("hf_torch_eager", "jimm_linen", "legacy_hf_flax")
+
+
+def llm_suite(quick: bool = False) -> list[Workload]:
+    """Greedy decode at batch 1 and 16 (128-token prompt, 128 new tokens), a 4 x 512 forward
+    (bf16 too) and a 4 x 512 training step, on the 336M Llama and the Qwen3-0.6B shapes. Every
+    decoder workload runs 1 round of 2 timed calls after the first (compile / warm-up) call:
+    a 128-token generate is tens of seconds on 2 cores. `--quick`: the tiny configs, 8 + 8
+    tokens, the Llama workloads only, the three contenders of the main environment."""
+    fast = ("hf_torch_eager", "jimm_linen", "jimm_nnx")
+    seq, new, long_seq = (8, 8, 16) if quick else (128, 128, 512)
+    out = []
+    for family, cfg in (("llama", TINY_LLAMA if quick else LLAMA_336M), ("qwen3", TINY_QWEN3 if quick else QWEN3_06B)):
+        if quick and family != "llama":
+            continue
+        legacy = () if family != "llama" else ("legacy_hf_flax",)  # legacy HF Flax has no Qwen3
+
+        def entries(names, extra=()):
+            names = [n for n in names if n in fast or not quick]
+            return _entries([n for n in names if n != "legacy_hf_flax" or legacy]) + tuple(extra)
+
+        common = dict(model=family, rounds=1, steps=2, warmup=0)
+        # torch's default is one thread per core; on a shared host one thread can be faster (its
+        # OpenMP workers wait on each other), so batch-1 decode runs both ways.
+        one_thread = () if quick else (Entry("hf_torch_eager", "hf_torch_eager+1thread",
+                                             dict(env={"OMP_NUM_THREADS": "1"})),)
+        out += [
+            Workload(f"{family}_decode_b1", "decode", cfg, 1, "float32", entries(DECODE_CONTENDERS, one_thread),
+                     seq=seq, new_tokens=new, **common),
+            Workload(f"{family}_decode_b16", "decode", cfg, 16 if not quick else 4, "float32",
+                     entries(DECODE_CONTENDERS), seq=seq, new_tokens=new, **common),
+            Workload(f"{family}_prefill", "prefill", cfg, 4, "float32", entries(DECODE_CONTENDERS), seq=long_seq,
+                     **common),
+            Workload(f"{family}_prefill_bf16", "prefill", cfg, 4, "bfloat16", entries(("hf_torch_eager", "jimm_linen")),
+                     seq=long_seq, **common),
+            Workload(f"{family}_train_step", "train", cfg, 4, "float32", entries(TRAIN_CONTENDERS, (
+                () if quick else tuple(Entry("jimm_linen", f"jimm_linen+{p}", dict(remat=p))
+                                       for p in ("dots_saveable", "minimal", "full")))), seq=long_seq, **common),
+        ]
+    return out
+
+
+def decoder_matmul_params(cfg: dict[str, Any]) -> int:
+    """Parameters a decoder's forward multiplies by: every projection of every layer and the LM
+    head (a tied head is the embedding table, counted once, as the head); the input embedding
+    (a lookup) and the norm weights are not counted."""
+    d, layers, heads = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    dh = cfg.get("head_dim") or d // heads
+    kv = cfg.get("num_key_value_heads") or heads
+    per_layer = d * heads * dh * 2 + d * kv * dh * 2 + 3 * d * cfg["intermediate_size"]
+    return layers * per_layer + d * cfg["vocab_size"]
+
+
+def decoder_flops(cfg: dict[str, Any], batch: int, seq: int, train: bool) -> float:
+    """Model FLOPs of a decoder forward over `batch` x `seq` tokens (multiply-add = 2 FLOPs,
+    matmuls only):
+
+        forward = 2 * P * batch * seq                   (P = `decoder_matmul_params`: q, k, v, o,
+                                                         gate, up, down, LM head at every position)
+                + 4 * L * batch * seq^2 * heads * head_dim   (q.k^T and probs.v, counted unmasked:
+                                                              the usual MFU convention, though a causal
+                                                              kernel could skip half)
+        training step = 3 x forward (backward = 2 x forward; remat recomputation not counted).
+    """
+    heads = cfg["num_attention_heads"]
+    dh = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    fwd = 2 * decoder_matmul_params(cfg) * batch * seq + 4 * cfg["num_hidden_layers"] * batch * seq * seq * heads * dh
+    return float(fwd * (3 if train else 1))
+
+
+def decode_bytes_per_step(cfg: dict[str, Any], batch: int, seq: int, new_tokens: int, dtype_bytes: int) -> float:
+    """Bytes one greedy decode step must read at least: the weights it multiplies by
+    (`decoder_matmul_params`) plus the live KV cache of every row at the mean length over the
+    call, `seq + new_tokens / 2` positions (2 x layers x kv heads x head_dim values each)."""
+    heads = cfg["num_attention_heads"]
+    dh = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    kv = cfg.get("num_key_value_heads") or heads
+    cache = batch * 2 * cfg["num_hidden_layers"] * kv * dh * (seq + new_tokens / 2)
+    return float(dtype_bytes * (decoder_matmul_params(cfg) + cache))
 
 
 def gpu_suite(quick: bool = False) -> list[Workload]:

@@ -220,3 +220,110 @@ def test_the_committed_moe_table_is_the_latest_run():
     assert block == moe.render(moe.RESULTS)
     for name in (*moe.HF, "jimm_linen, tiled MoE", "jimm_linen, ragged MoE", "jimm_linen, dense MoE"):
         assert block.count(f"| {name} |") == 2, name  # prefill and decode
+
+
+def test_quick_decoder_suite_checks_tokens_and_records_its_share_of_the_measured_limits(tmp_path):
+    """`--suite llm --quick` on a tiny Llama: the host's limits measured once and recorded, greedy
+    tokens identical across contenders, each row's bandwidth share / MFU from those limits, the
+    Decoders tables and one README summary line per decoder workload."""
+    results, tables, readme = tmp_path / "r.jsonl", tmp_path / "RESULTS.md", tmp_path / "README.md"
+    tables.write_text(f"# x\n\n{report.BEGIN}\nold\n{report.END}\n")
+    readme.write_text(f"# x\n\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "llm", "--quick", "--workloads",
+                           "llama_train_step,llama_decode_b1", "--contenders", "hf_torch_eager,jimm_linen",
+                           "--results", str(results), "--tables", str(tables), "--readme", str(readme)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "outputs agree with hf_torch_eager" in proc.stdout
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    machine = [r for r in rows if r["workload"] == "machine"]
+    assert len(machine) == 1 and machine[0]["bandwidth_bytes_per_s"] > 0
+    assert machine[0]["gemm_float32_flops_per_s"] > 0 and machine[0]["gemm_bfloat16_flops_per_s"] > 0
+    limits = machine[0]
+    # --workloads order is the run order
+    assert [r["workload"] for r in rows[1:]] == ["llama_train_step"] * 2 + ["llama_decode_b1"] * 2
+    suite = {w.name: w for w in workloads.llm_suite(quick=True)}
+    for r in rows[1:]:
+        w = suite[r["workload"]]
+        assert r["limits_run_id"] == limits["run_id"] == r["run_id"] and r["agreement_rel_diff"] == 0
+        assert r["compile_s"] >= 0 and r["first_call_s"] >= r["median_s"] - 1e-9 and r["max_rss_bytes"] > 0
+        if r["task"] == "decode":
+            steps_per_s = w.new_tokens / r["median_s"]
+            assert r["throughput"] == pytest.approx(w.batch * steps_per_s)
+            assert r["decode_bytes_per_step"] == workloads.decode_bytes_per_step(w.hf_config, w.batch, w.seq,
+                                                                                w.new_tokens, 4)
+            assert r["bandwidth_fraction"] == pytest.approx(
+                r["decode_bytes_per_step"] * steps_per_s / limits["bandwidth_bytes_per_s"])
+        else:
+            assert r["model_flops"] == workloads.decoder_flops(w.hf_config, w.batch, w.seq, train=True)
+            assert r["mfu"] == pytest.approx(r["model_flops"] / r["median_s"] / limits["gemm_float32_flops_per_s"])
+    block = tables.read_text().split(report.BEGIN)[1].split(report.END)[0]
+    assert "### Decoders" in block and block.count("| jimm_linen |") == 2 and "triad" in block
+    summary = readme.read_text().split(report.SUMMARY_BEGIN)[1].split(report.SUMMARY_END)[0]
+    assert "| Llama 27k greedy decode of 8 tokens, batch 1 |" in summary
+    assert "| Llama 27k training step, batch 4 |" in summary
+    assert "machine" not in summary
+
+
+def test_generated_tokens_must_be_equal_not_close():
+    ref = {"tokens": np.array([[31990, 5, 7]], np.int32)}
+    assert run.check_agreement({"ref": ref, "same": {"tokens": ref["tokens"].copy()}}, "ref", 1e-4)["same"] == 0
+    off_by_one = {"tokens": np.array([[31991, 5, 7]], np.int32)}  # 3e-5 relative: within 1e-4 as a float
+    with pytest.raises(run.DisagreementError, match=r"bad/tokens: 1 of 3 differ, first at \(0, 0\)"):
+        run.check_agreement({"ref": ref, "bad": off_by_one}, "ref", 1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_decoder_parameter_count_is_hf_models_matmul_weights(family):
+    """`decoder_matmul_params` (the FLOP and bytes formulas' P) against HF's model of the same
+    config: every parameter but the input embedding and the norms (a tied head counted once)."""
+    import torch
+    import transformers
+
+    cfg = dict(workloads.TINY_LLAMA if family == "llama" else workloads.TINY_QWEN3)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.CONFIG_MAPPING[family](**cfg))
+    tied = cfg["tie_word_embeddings"]
+    weights = {id(p): (n, p) for n, p in model.named_parameters()}  # named_parameters lists a tied tensor once
+    counted = sum(p.numel() for n, p in weights.values() if "norm" not in n and ("embed_tokens" not in n or tied))
+    assert isinstance(model.lm_head.weight, torch.nn.Parameter)
+    assert workloads.decoder_matmul_params(cfg) == counted
+
+
+def test_decoder_flop_formula_matches_xla_cost_analysis():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import transformers
+
+    from jimm_linen.registry import decoders
+
+    # The 336M Llama's widths at 2 layers; looped layers (XLA counts a scanned body once).
+    cfg = dict(workloads.LLAMA_336M, num_hidden_layers=2)
+    family = decoders()["llama"]
+    module = family.module_cls(family.config_cls.from_hf_config(transformers.LlamaConfig(**cfg).to_dict()), scan=False)
+    ids = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+    params = jax.eval_shape(lambda: nn.unbox(module.init(jax.random.key(0), jnp.zeros(ids.shape, jnp.int32))))
+    xla = jax.jit(lambda v, x: module.apply(v, x)).lower(params, ids).compile().cost_analysis()
+    xla = xla[0] if isinstance(xla, (list, tuple)) else xla
+    ours = workloads.decoder_flops(cfg, 2, 256, train=False)
+    assert ours <= xla["flops"] <= 1.08 * ours
+    assert workloads.decoder_flops(cfg, 2, 256, train=True) == 3 * ours
+
+
+def test_keep_going_records_a_failed_contender_and_leaves_it_out(tmp_path):
+    results = tmp_path / "r.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    args = [sys.executable, "-m", "benchmarks.run", "--suite", "llm", "--quick", "--workloads", "llama_prefill",
+            "--contenders", "hf_torch_eager,jimm_linen", "--fail", "jimm_linen", "--results", str(results),
+            "--no-docs"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert proc.returncode != 0 and "fails on purpose" in proc.stderr
+    assert [json.loads(line)["workload"] for line in results.read_text().splitlines()] == ["machine"]
+    proc = subprocess.run(args + ["--keep-going"], capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines() if '"llama_prefill"' in line]
+    assert [r["label"] for r in rows] == ["hf_torch_eager"]
+    assert list(rows[0]["failed"]) == ["jimm_linen"] and "fails on purpose" in rows[0]["failed"]["jimm_linen"]
+    block = report.render(results)
+    assert "Left out, their process failed: jimm_linen: `jimm_linen on llama_prefill failed (exit 1):`" in block

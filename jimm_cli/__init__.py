@@ -79,13 +79,15 @@ def _checkpoint_problem(ckpt: Path) -> str | None:
 
 
 def _parity_problem(args) -> str | None:
+    """Why `jimm parity`'s arguments are refused, or None; then `args.paths` and `args.family`
+    (when given) are lists of names."""
     for ckpt in args.checkpoints:
         if problem := _checkpoint_problem(ckpt):
             return problem
     paths = [p for p in args.paths.split(",") if p]
     if not paths or set(paths) - set(PARITY_PATHS):
         return f"--paths must name some of {list(PARITY_PATHS)}, got {args.paths!r}"
-    args.paths = tuple(paths)
+    args.paths = paths
     if args.full and args.checkpoints:
         return "--full adds the full-size configs to the embedded defaults; it does not apply to checkpoint directories"
     if args.family is not None:

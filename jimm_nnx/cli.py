@@ -148,3 +148,7 @@ def generate(args) -> int:
         rate += f"; {(count - 1) / (total - first):.1f} tokens/s after the first, which took {first:.2f} s (compiling)"
     _progress(f"{count} tokens in {total:.2f} s: {rate}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

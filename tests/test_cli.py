@@ -169,10 +169,10 @@ def test_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
     assert "| NO " in captured.out and "out of tolerance" in captured.err
 
 
-def _jimm(*args: str) -> subprocess.CompletedProcess:
+def _jimm(*args: str, module: str = "jimm_cli") -> subprocess.CompletedProcess:
     """`jimm ...` as the console script runs it (`jimm_cli:main`), from this checkout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "jimm_cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=ROOT, env=env)
 
 
@@ -181,6 +181,9 @@ def test_console_script_is_jimm_cli():
     assert scripts == {"jimm": "jimm_cli:main"}
     result = _jimm("parity", "--help")
     assert result.returncode == 0 and "HF checkpoint directories" in result.stdout
+    # What older installs' console script and `python -m jimm_nnx.cli` run: the same entry point.
+    old = _jimm("parity", "--help", module="jimm_nnx.cli")
+    assert (old.returncode, old.stdout) == (0, result.stdout)
 
 
 def test_a_bad_checkpoint_directory_gives_no_traceback(tmp_path):

@@ -13,13 +13,13 @@ Two workloads, float32, batch `--batch`:
   (jimm: `jimm_linen.generate`, prefill and one compiled `lax.while_loop`; HF: `generate`). Every
   contender's tokens must equal HF's.
 Contenders: jimm's `moe_implementation`s (`layers/moe.py`): `"tiled"` (the default on CPU: the
-assignments sorted by expert, each expert's rows padded to whole tiles, one matmul per tile,
-empty tiles skipped), `"ragged"` (the sorted rows through `jax.lax.ragged_dot`, which XLA's CPU
-lowering computes as every expert on every row) and `"dense"` (every expert on every token, then
-masked: num_experts / top_k times the expert work), and the tiled path with the layers in a loop
-(`scan=False`: inside `nn.scan`, XLA:CPU copies each layer's whole expert stack out of the
-scanned parameters before the tile loop reads it, all experts of every layer at every decode
-step); HF with its default experts implementation
+assignments sorted by expert, each expert's rows padded to whole tiles, each tile's matmuls
+through `lax.switch` on its expert's own kernels, empty tiles skipped), `"ragged"` (the sorted
+rows through `jax.lax.ragged_dot`, which XLA's CPU lowering computes as every expert on every
+row) and `"dense"` (every expert on every token, then masked: num_experts / top_k times the
+expert work), and the tiled path with the layers in a loop (`scan=False`; `generate` decodes a
+scanned model with its layers unstacked and its experts split, `CausalLM.decoding`, so the two
+decode alike and differ in the prefill); HF with its default experts implementation
 (`grouped_mm`), with torch's default threads and with one thread (on a host shared with other
 jobs torch's OpenMP workers can wait on each other; the faster HF row is the reference), and with
 `"eager"` experts (a Python loop over the experts hit). Each round times one call of each contender in turn (order reversed on odd

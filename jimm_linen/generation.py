@@ -7,7 +7,8 @@ filters value for value, and a streaming form.
         ...                          # [B] numpy ids, one step at a time
 
 Generation knows only the model contract (`module.apply(variables, ids, mask, cache=cache)` ->
-`(logits, cache)`, `module.init_cache`, `module.config`), never a family.
+`(logits, cache)`, `module.init_cache`, `module.config`, and `module.decoding()` /
+`decoding_variables(variables)`: the layout its decode steps read), never a family.
 
 The filters are transformers' logits processors (`generation/logits_process.py`) in the order
 `GenerationMixin._get_logits_processor` applies them: repetition penalty (also when greedy),
@@ -281,21 +282,23 @@ def _choose(state: _State, logits: jax.Array, s: Sampling) -> _State:
 
 
 def _start(module, variables, input_ids, mask, s: Sampling, rng, max_new_tokens: int) -> _State:
-    """Prefill the prompt into a fresh cache and choose the first token."""
+    """Prefill the prompt into a fresh cache and choose the first token. The state holds the
+    cache a layer per buffer, as the decode steps run it (`_advance`)."""
     b, t = input_ids.shape
     vocab = module.config.vocab_size
     cache = module.init_cache(b, t + max_new_tokens)
-    logits, cache = module.apply(variables, input_ids, mask, cache=cache)
+    logits, cache = module.apply(variables, input_ids, mask, cache=cache, logits_to_keep=1)
     seen = seen_tokens(input_ids, mask, vocab)
     sequences = jnp.full((b, t + max_new_tokens), s.pad, jnp.int32).at[:, :t].set(input_ids)
     zeros = jnp.zeros((b,), jnp.int32)
-    state = _State(cache=cache, sequences=sequences, pos=jnp.int32(t), step=jnp.int32(0), last=zeros,
+    state = _State(cache=cache.per_layer(), sequences=sequences, pos=jnp.int32(t), step=jnp.int32(0), last=zeros,
                    done=jnp.zeros((b,), bool), num_new=zeros, seen=seen, rng=rng)
     return _choose(state, logits[:, -1], s)
 
 
 def _advance(module, variables, state: _State, s: Sampling) -> _State:
-    """One decode step: the last token through the cache, then the next choice."""
+    """One decode step: the last token through the cache, then the next choice. `module` runs
+    its layers in a loop (`module.decoding()`), each over its own cache buffer."""
     ones = jnp.ones((state.last.shape[0], 1), bool)
     logits, cache = module.apply(variables, state.last[:, None], ones, cache=state.cache)
     return _choose(state.replace(cache=cache), logits[:, -1], s)
@@ -330,8 +333,9 @@ def _generate(module, variables, input_ids, mask, s: Sampling, rng, *, max_new_t
     @_on_auto_axes(rules)
     def body(variables, input_ids, mask, s, rng):
         state = _start(module, variables, input_ids, mask, s, rng, max_new_tokens)
+        stepper, unstacked = module.decoding(), module.decoding_variables(variables)
         state = jax.lax.while_loop(lambda st: (st.step < max_new_tokens) & ~st.done.all(),
-                                   lambda st: _advance(module, variables, st, s), state)
+                                   lambda st: _advance(stepper, unstacked, st, s), state)
         return GenerationOutput(sequences=state.sequences, finished=state.done, num_new_tokens=state.num_new)
 
     return body(variables, input_ids, mask, s, rng)
@@ -343,8 +347,11 @@ def _shown(state: _State):
 
 @functools.partial(jax.jit, static_argnames=("module", "max_new_tokens", "rules"))
 def _stream_start(module, variables, input_ids, mask, s: Sampling, rng, *, max_new_tokens: int, rules):
-    return _on_auto_axes(rules)(lambda *a: _shown(_start(module, *a, max_new_tokens)))(
-        variables, input_ids, mask, s, rng)
+    """The prefill's state and first tokens, and the variables the decode steps read."""
+    def start(variables, *args):
+        return _shown(_start(module, variables, *args, max_new_tokens)), module.decoding_variables(variables)
+
+    return _on_auto_axes(rules)(start)(variables, input_ids, mask, s, rng)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "rules"), donate_argnames=("state",))
@@ -429,10 +436,11 @@ def stream(module: nn.Module, variables, input_ids, attention_mask=None, *, max_
     if unknown:
         raise TypeError(f"stream() got unexpected keywords {unknown}")
     module, ids, mask, s, key, rules = _prepare(module, input_ids, attention_mask, max_new_tokens, rng, settings)
-    state, tokens, finished = _stream_start(module, variables, ids, mask, s, key, max_new_tokens=max_new_tokens,
-                                            rules=rules)
+    (state, tokens, finished), unstacked = _stream_start(module, variables, ids, mask, s, key,
+                                                         max_new_tokens=max_new_tokens, rules=rules)
+    stepper = module.decoding()
     for _ in range(max_new_tokens - 1):
-        following = _stream_step(module, variables, state, s, rules=rules)
+        following = _stream_step(stepper, unstacked, state, s, rules=rules)
         out, stop = np.asarray(tokens), bool(finished)
         yield out
         if stop:

@@ -30,6 +30,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -221,6 +222,30 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[
     return {k: pt.data_sharding(v.shape, mesh, rules) for k, v in batch.items()}
 
 
+def place_rows(x, sharding_of: Callable[[tuple[int, ...]], NamedSharding]) -> jax.Array:
+    """`x`, an input array with the batch first, placed as `sharding_of(global shape)` says.
+
+    On a mesh of several processes (hosts), host data (numpy, or an array on this process's own
+    devices) is this process's rows of the global batch: the global array is assembled from
+    every process's rows (`jax.make_array_from_process_local_data`), a process's rows going
+    where its devices hold the batch (on a `jax.make_mesh` mesh, process 0's first). In one
+    process they are the whole batch. A `jax.Array` already spanning the processes is the
+    global batch."""
+    shape = tuple(np.shape(x))
+    if shape and not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        # Split as a global batch whose rows every mesh axis divides: each process's part of it.
+        probe = sharding_of((shape[0] * sharding_of(shape).mesh.size,) + shape[1:])
+        if not probe.is_fully_addressable:
+            x = jax.make_array_from_process_local_data(probe, np.asarray(x))
+    return jax.device_put(x, sharding_of(tuple(x.shape)))
+
+
+def place_batch(batch: Mapping[str, Any], mesh: Mesh, rules="fsdp") -> dict[str, jax.Array]:
+    """The batch on `mesh`, each array split along its batch dim as `batch_shardings` says; on a
+    mesh of several processes, each process passes its own rows (see `place_rows`)."""
+    return {k: place_rows(v, lambda shape: pt.data_sharding(shape, mesh, rules)) for k, v in batch.items()}
+
+
 # The smallest and largest id of a batch on device (sharded or not): two numbers cross to the host.
 _id_extremes = jax.jit(lambda ids: jnp.stack([jnp.min(ids), jnp.max(ids)])[None])
 
@@ -269,7 +294,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
     `next_token_loss`, compiled once per batch shape.
 
     With `mesh`, the state's in and out shardings are `train_state_shardings(module, tx, mesh,
-    rules)` and the batch is placed by `batch_shardings` (its batch dim over the data axes);
+    rules)` and the batch is placed by `place_batch` (its batch dim over the data axes; on a
+    mesh of several processes, each process passes its own rows);
     the activations follow `rules` (the step traces under `activation_sharding`). `donate=True`
     donates the state: its buffers are reused for the new one. `batch` is a dict with
     `input_ids`, optionally `attention_mask` and `loss_mask` (see `next_token_weights`);
@@ -301,10 +327,12 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
                      donate_argnums=(0,) if donate else ())
 
     def step(state: TrainState, batch: Mapping[str, Any], rng: jax.Array | None = None):
-        batch = check_batch(batch, module.config.vocab_size)
         if mesh is None:
-            return jitted(state, batch, rng)
-        batch = jax.device_put(batch, batch_shardings(batch, mesh, rules))
+            return jitted(state, check_batch(batch, module.config.vocab_size), rng)
+        # The ids are checked once placed: across processes each process then sees the global
+        # batch's extremes, and all refuse a bad id together (one refusing alone would leave the
+        # others waiting in the step's collectives).
+        batch = check_batch(place_batch(check_batch(batch), mesh, rules), module.config.vocab_size)
         with pt.activation_sharding(mesh, rules):
             return jitted(state, batch, rng)
 

@@ -56,7 +56,8 @@ def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True
     """`step(model, optimizer, batch) -> metrics`: one `optimizer.update` on `next_token_loss`
     under `nnx.jit` (model and optimizer donated with `donate=True`; updated in place either
     way). `batch` is a dict with `input_ids`, optionally `attention_mask` and `loss_mask`; on a
-    sharded model it is placed along the batch dim by the model's rules. `train=True` runs
+    sharded model it is placed along the batch dim by the model's rules (on a mesh of several
+    processes, each passes its own rows: `jimm_linen.training.place_rows`). `train=True` runs
     dropout from the model's streams. Metrics as `jimm_linen.training.make_train_step`'s.
 
     The batch is checked first (`jimm_linen.training.check_batch` with the model's vocabulary
@@ -75,12 +76,13 @@ def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True
         return {"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
 
     def step(model, optimizer, batch):
-        batch = training.check_batch(batch, model.linen_module.config.vocab_size)
-        placement = model.placement
-        if placement.sharded:
-            batch = {k: jax.device_put(v, placement.leaf_sharding(("batch",) + (None,) * (v.ndim - 1), v.shape))
-                     for k, v in batch.items()}
-        return update(model, optimizer, batch)
+        vocab, placement = model.linen_module.config.vocab_size, model.placement
+        if not placement.sharded:
+            return update(model, optimizer, training.check_batch(batch, vocab))
+        # The ids are checked once placed, on the global batch (as the Linen step does).
+        batch = {k: training.place_rows(v, lambda shape: placement.leaf_sharding(
+            ("batch",) + (None,) * (len(shape) - 1), shape)) for k, v in training.check_batch(batch).items()}
+        return update(model, optimizer, training.check_batch(batch, vocab))
 
     return step
 

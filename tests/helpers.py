@@ -1,6 +1,13 @@
 """Small shared pieces for the tests."""
 
+import contextlib
 import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +15,8 @@ import jax
 import numpy as np
 
 from jimm_nnx.reference import RTOL
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             image_size=16, patch_size=4, num_labels=5)
@@ -30,12 +39,59 @@ def assert_close(ours, ref, rtol: float = RTOL, what: str = "output"):
     assert diff <= bound(ref, rtol), f"{what}: max abs diff {diff:.3e} > {bound(ref, rtol):.3e}"
 
 
-def assert_same_tree(a, b):
-    """Same structure, dtypes and values, bit for bit."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+def assert_same_tree(a, b, what: str = ""):
+    """Same structure, dtypes and values, bit for bit (a difference names `what` and the leaf)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b), what
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        where = f"{what}{jax.tree_util.keystr(path)}"
+        assert x.dtype == y.dtype, f"{where}: dtype {x.dtype} vs {y.dtype}"
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=where)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeout: float = 600):
+    """Run `python script <process id> <port> *args` as `count` processes on CPU with `devices`
+    fake devices each (a `jax.distributed` job on localhost) while the `with` body runs; on
+    leaving, wait for them and fail the calling test with every process's output when one
+    exited non-zero or the job outlived `timeout` seconds (counted from the start)."""
+    import pytest
+
+    port = str(free_port())
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    deadline = time.monotonic() + timeout
+    with contextlib.ExitStack() as stack:
+        # Output to files, not pipes: a full pipe would stall a process while the body runs.
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(count)]
+        procs = [subprocess.Popen([sys.executable, str(script), str(i), port, *map(str, args)], env=env, cwd=ROOT,
+                                  stdout=log, stderr=subprocess.STDOUT, text=True) for i, log in enumerate(logs)]
+        killed = set()
+        try:
+            yield
+            for p in procs:  # one deadline for the job: a hung process leaves the others waiting in a collective
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            for i, p in enumerate(procs):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                    killed.add(i)
+        if killed or any(p.returncode for p in procs):
+            outputs = []
+            for log in logs:
+                log.seek(0)
+                outputs.append(log.read()[-4000:])
+            pytest.fail("\n".join(
+                f"process {i} {f'killed after {timeout} s' if i in killed else f'exited {p.returncode}'}; its "
+                f"output:\n{out}" for i, (p, out) in enumerate(zip(procs, outputs))))
 
 
 def nhwc(pixels_nchw):

@@ -4,9 +4,6 @@ NNX, `check_finite`, `tower=`, and any format through a region reader."""
 
 import itertools
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,9 +22,7 @@ from jimm_nnx import reference as parity
 from jimm_linen import partitioning as pt
 from jimm_linen.checkpoint import engine
 from jimm_linen.checkpoint.keys import ConvKernel, DropLeading, Flatten, Fused, LinearKernel, Transform
-from tests.helpers import TINY, assert_close, assert_same_tree
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import TINY, assert_close, assert_same_tree, processes
 
 
 @pytest.fixture(scope="module")
@@ -253,12 +248,6 @@ def test_stacked_files_and_other_formats_load_through_a_region_reader():
 
 # --- two processes, one mesh --------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _images():
     return np.random.default_rng(5).standard_normal((8, 16, 16, 3)).astype(np.float32)
 
@@ -283,26 +272,9 @@ def _multihost_worker(process_id: int, port: int, directory: str, out: str) -> N
 
 
 def test_two_processes_load_their_own_slices_and_match_one_process(vit_dir, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(vit_dir), str(tmp_path)], env=env,
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
-    logs = []
-    for i, p in enumerate(procs):
-        try:
-            logs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            logs.append(p.communicate()[0])
-            pytest.fail(f"process {i} timed out after 300 s; its output:\n{logs[-1][-4000:]}")
-    if any(p.returncode for p in procs):
-        pytest.fail("\n".join(f"process {i} exited {p.returncode}; its output:\n{log[-4000:]}"
-                              for i, (p, log) in enumerate(zip(procs, logs))))
-
-    model, variables = jimm_linen.from_pretrained(vit_dir)
-    want = np.asarray(model.apply(variables, _images()))
+    with processes(Path(__file__), [vit_dir, tmp_path]):
+        model, variables = jimm_linen.from_pretrained(vit_dir)
+        want = np.asarray(model.apply(variables, _images()))
     for i in (0, 1):
         assert_close(np.load(tmp_path / f"logits{i}.npy"), want, what=f"process {i} logits")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from jimm_linen.layers.moe import MoeBlock, load_balancing_loss, route, tile_rows
+from jimm_linen.layers.moe import MoeBlock, load_balancing_loss, per_expert, route, tile_rows
 from tests.helpers import assert_close
 
 E, K, D, F = 8, 2, 16, 12  # experts, top-k, width, expert width
@@ -168,6 +168,22 @@ def test_load_balancing_loss_is_hfs_and_moves_with_the_mask(family):
     unmasked = float(load_balancing_loss(jnp.asarray(logits), K))
     masked = float(load_balancing_loss(jnp.asarray(logits), K, jnp.asarray(mask)))
     assert abs(unmasked - masked) > 1e-3
+
+
+def test_per_expert_kernels_give_the_stacked_outputs_for_every_path():
+    """Generation's decode steps read each expert's kernels from a buffer of its own
+    (`per_expert`, split for the tiled path only); any path given them computes what it computes
+    from the stacked kernels, and kernels of the wrong count or shape are named."""
+    _, params = hf_block("qwen3_moe", seed=7)
+    x = jnp.asarray(tokens(2, 3, seed=8))
+    want = ours("dense").apply({"params": params}, x)[0]
+    split = per_expert({"layers_0": {"moe": params}}, "tiled")["layers_0"]["moe"]
+    assert all(isinstance(split[n], tuple) and len(split[n]) == E for n in ("wi_0", "wi_1", "wo"))
+    assert split["wi_0"][3].shape == (D, F) and per_expert(params, "ragged") is params
+    for implementation in ("tiled", "ragged", "dense"):
+        assert_close(jax.jit(ours(implementation).apply)({"params": split}, x)[0], want, what=implementation)
+    with pytest.raises(ValueError, match=r"^wo: 7 per-expert kernels of shapes \[\(12, 16\)\], expected 8 of \(12, 16\)"):
+        ours("tiled").apply({"params": {**split, "wo": split["wo"][:7]}}, x)
 
 
 def test_bad_settings_are_named():

@@ -23,7 +23,8 @@ LAYER_CACHE_AXES = CACHE_AXES[1:]
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer, `[layers, batch, length, kv_heads, head_dim]`; `mask`
+    """Keys and values of every layer, `[layers, batch, length, kv_heads, head_dim]` (or a tuple
+    of each layer's `[batch, length, kv_heads, head_dim]`, see `per_layer`); `mask`
     `[batch, length]`, True for the slots written with a real token (False for left padding and
     unwritten slots); `index`, the next slot to write (one for every row). `empty` is static:
     True for a fresh cache, whose first write (the prefill) attends over the new keys alone,
@@ -44,7 +45,23 @@ class KVCache:
 
     @property
     def length(self) -> int:
-        return self.keys.shape[2]
+        return self.mask.shape[1]
+
+    def per_layer(self) -> KVCache:
+        """This cache with each layer's keys and values in a buffer of its own (tuples of
+        `[batch, length, kv_heads, head_dim]`), for layers run in a loop (`layers.stack`):
+        each layer then writes its new slots in place and attention reads its buffer where it
+        lies. A stacked cache in a loop is sliced into copies and re-stacked at every step
+        (three passes over the whole cache per token in XLA's CPU program)."""
+        if isinstance(self.keys, tuple):
+            return self
+        return self.replace(keys=tuple(self.keys), values=tuple(self.values))
+
+    def stacked(self) -> KVCache:
+        """This cache with keys and values stacked along a leading `layers` axis."""
+        if not isinstance(self.keys, tuple):
+            return self
+        return self.replace(keys=jnp.stack(self.keys), values=jnp.stack(self.values))
 
     @staticmethod
     def logical_axes() -> KVCache:

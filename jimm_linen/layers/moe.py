@@ -12,8 +12,9 @@ Ways to compute the same thing:
   `top_k` where XLA has a grouped matmul for it (TPU); XLA's CPU lowering computes every expert
   on every row instead (the dense path's work, and slower).
 - `"tiled"`: the same sorted assignments, each expert's rows padded to whole tiles of `tile_rows`
-  rows, then a `lax.scan` over the tiles, each one `x_tile @ w[expert]`; tiles left empty by the
-  routing are skipped (`lax.cond`), so a decode step reads only the experts its tokens chose.
+  rows, then a `lax.scan` over the tiles, each one `x_tile @ w[expert]` through `lax.switch` over
+  the experts' own buffers; tiles left empty by the routing run an empty branch, so a decode
+  step (its kernels split once by `per_expert`) reads only the experts its tokens chose.
   Work is the assignments' plus at most `tile - 1` padding rows per expert.
 - `"dense"`: every expert on every token, the outputs mixed by a `[tokens, experts]` weight
   matrix that is zero off the chosen experts. `num_experts / top_k` times the work; the tests'
@@ -71,9 +72,12 @@ def tile_rows(assignments: int, num_experts: int) -> int:
 
 
 def _tiled(x, experts, weights, wi_0, wi_1, wo, act):
-    """x `[N, D]`, experts / weights `[N, K]` -> `[N, D]`."""
+    """x `[N, D]`, experts / weights `[N, K]` -> `[N, D]`. The kernels come a tuple per expert
+    (`per_expert`): a tile's matmuls read its expert's own buffer through `lax.switch`. XLA on
+    CPU fuses a traced index into the kernel (`w[e]`) with the matmul into a loop tens of times
+    slower than the matmul, so stacked kernels are split once per call."""
     n, k = experts.shape
-    num_experts, a = wi_0.shape[0], n * k
+    num_experts, a = len(wi_0), n * k
     tile = tile_rows(a, num_experts)
     flat = experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
@@ -85,17 +89,15 @@ def _tiled(x, experts, weights, wi_0, wi_1, wo, act):
     slot = (tiles_end - tiles)[expert] * tile + jnp.arange(a) - (jnp.cumsum(sizes) - sizes)[expert]
     num_tiles = -(-a // tile) + num_experts  # the most the sizes can need
     xs = jnp.zeros((num_tiles * tile, x.shape[1]), x.dtype).at[slot].set(x[token])
-    # A tile past the last expert's (index num_experts) holds no row.
+    # A tile past the last expert's (index num_experts) holds no row: the last branch, zeros.
     tile_expert = jnp.searchsorted(tiles_end, jnp.arange(num_tiles), side="right")
-
-    def mlp(xt, e):
-        return (act(xt @ wi_0[e]) * (xt @ wi_1[e])) @ wo[e]
+    d_out = wo[0].shape[1]
+    branches = [lambda xt, e=e: (act(xt @ wi_0[e]) * (xt @ wi_1[e])) @ wo[e] for e in range(num_experts)]
+    branches.append(lambda xt: jnp.zeros((tile, d_out), xt.dtype))
 
     def body(_, tile_inputs):
         xt, e = tile_inputs
-        used = e < num_experts
-        return None, jax.lax.cond(used, mlp, lambda xt, e: jnp.zeros((tile, wo.shape[2]), xt.dtype), xt,
-                                  jnp.where(used, e, 0))
+        return None, jax.lax.switch(e, branches, xt)
 
     _, ys = jax.lax.scan(body, None, (xs.reshape(num_tiles, tile, -1), tile_expert))
     y = ys.reshape(num_tiles * tile, -1)[slot]
@@ -111,6 +113,34 @@ def _dense(x, experts, weights, wi_0, wi_1, wo, act):
     h = act(jnp.einsum("nd,edf->nef", x, wi_0)) * jnp.einsum("nd,edf->nef", x, wi_1)
     y = jnp.einsum("nef,efd->ned", h, wo)
     return (y * mix[..., None]).astype(x.dtype).sum(1)
+
+
+def resolve_implementation(implementation: str) -> str:
+    """`"auto"`: `"tiled"` on CPU, `"ragged"` elsewhere."""
+    if implementation == "auto":
+        return "tiled" if jax.default_backend() == "cpu" else "ragged"
+    return implementation
+
+
+def per_expert(params: dict, implementation: str) -> dict:
+    """`params` with every MoE block's stacked kernels split into a tuple of per-expert arrays
+    (which `MoeBlock` reads as they are), where `implementation` resolves to `"tiled"`; unchanged
+    otherwise. Generation splits once per call, so a decode step reads only its tokens'
+    experts, each in place."""
+    if resolve_implementation(implementation) != "tiled":
+        return params
+
+    def split(tree):
+        if not isinstance(tree, dict):
+            return tree
+        if "router" in tree and all(isinstance(tree.get(n), jax.Array) and tree[n].ndim == 3 for n in EXPERT_KERNELS):
+            return {**tree, **{n: tuple(tree[n]) for n in EXPERT_KERNELS}}
+        return {k: split(v) for k, v in tree.items()}
+
+    return split(params)
+
+
+EXPERT_KERNELS = ("wi_0", "wi_1", "wo")
 
 
 class MoeBlock(nn.Module):
@@ -143,17 +173,26 @@ class MoeBlock(nn.Module):
         weights, experts = route(logits.reshape(b * t, self.num_experts), self.top_k, self.norm_topk_prob)
 
         def kernel(name, shape, axes):
+            stored = self.get_variable("params", name) if self.has_variable("params", name) else None
+            if isinstance(stored, tuple):  # split by `per_expert` (generation's decode steps)
+                if len(stored) != self.num_experts or any(w.shape != shape[1:] for w in stored):
+                    raise ValueError(f"{'/'.join((*self.path, name))}: {len(stored)} per-expert kernels of shapes "
+                                     f"{sorted({w.shape for w in stored})}, expected {shape[0]} of {shape[1:]}")
+                return stored
             return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
 
         wi_0 = kernel("wi_0", (self.num_experts, d, self.mlp_dim), ("experts", "embed", "mlp"))
         wi_1 = kernel("wi_1", (self.num_experts, d, self.mlp_dim), ("experts", "embed", "mlp"))
         wo = kernel("wo", (self.num_experts, self.mlp_dim, d), ("experts", "mlp", "embed"))
-        xs, wi_0, wi_1, wo = nn.dtypes.promote_dtype(x.reshape(b * t, d), wi_0, wi_1, wo, dtype=self.dtype)
+        implementation = resolve_implementation(self.implementation)
+        if implementation == "tiled":
+            wi_0, wi_1, wo = (w if isinstance(w, tuple) else tuple(w) for w in (wi_0, wi_1, wo))
+        else:
+            wi_0, wi_1, wo = (jnp.stack(w) if isinstance(w, tuple) else w for w in (wi_0, wi_1, wo))
+        leaves, tree = jax.tree.flatten((x.reshape(b * t, d), wi_0, wi_1, wo))
+        xs, wi_0, wi_1, wo = jax.tree.unflatten(tree, nn.dtypes.promote_dtype(*leaves, dtype=self.dtype))
         if self.weights_in_compute_dtype:
             weights = weights.astype(xs.dtype)
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = "tiled" if jax.default_backend() == "cpu" else "ragged"
         compute = {"ragged": _ragged, "tiled": _tiled, "dense": _dense}[implementation]
         y = compute(xs, experts, weights, wi_0, wi_1, wo, get_activation(self.hidden_act))
         return checkpoint_name(y.reshape(b, t, d), "mlp_out"), logits

@@ -98,6 +98,9 @@ def stack(block_cls: type[nn.Module] | Sequence[type[nn.Module]], *, length: int
     on a leading axis. `nn.scan` drops keyword arguments, so blocks take positional ones.
     `block_cls` may also give each layer its class (a sequence of `length`), in the loop only:
     `nn.scan` runs one class over parameters stacked alike; the layers' `y` must still stack.
+    In the loop, a leaf of `own` may instead be a tuple of each layer's array (a decode step's
+    KV cache, `KVCache.per_layer`: buffers XLA updates in place); then every leaf of `ys` comes
+    back as such a tuple, unstacked.
     """
     classes = tuple(block_cls) if isinstance(block_cls, (tuple, list)) else (block_cls,) * length
     if len(classes) != length:
@@ -111,6 +114,9 @@ def stack(block_cls: type[nn.Module] | Sequence[type[nn.Module]], *, length: int
     cls = classes[0]
 
     def run(carry, shared, own=None):
+        per_layer = any(isinstance(a, tuple) for a in jax.tree.leaves(own, is_leaf=_is_per_layer))
+        if scan and per_layer:
+            raise ValueError("nn.scan takes `own` leaves stacked along `layers`, not a tuple per layer")
         if scan:
             layers = nn.scan(
                 cls,
@@ -123,12 +129,16 @@ def stack(block_cls: type[nn.Module] | Sequence[type[nn.Module]], *, length: int
             return layers(carry, shared, own)
         ys = []
         for i in range(length):
-            mine = jax.tree.map(lambda a, i=i: a[i], own)
+            mine = jax.tree.map(lambda a, i=i: a[i], own, is_leaf=_is_per_layer)
             carry, y = classes[i](name=f"{name}_{i}", **block_kwargs)(carry, shared, mine)
             ys.append(y)
-        return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)
+        return carry, jax.tree.map(lambda *y: y if per_layer else jnp.stack(y), *ys)
 
     return run
+
+
+def _is_per_layer(a) -> bool:
+    return isinstance(a, tuple)
 
 
 def _block_patterns(names: Collection[str]) -> tuple[re.Pattern, re.Pattern]:

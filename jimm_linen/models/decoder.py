@@ -33,7 +33,7 @@ from jimm_linen.layers.kv_cache import KVCache
 from jimm_linen.layers.linear import default_kernel_init
 from jimm_linen.layers.norm import RMSNorm
 from jimm_linen.layers.rope import Rope, rotary_embedding
-from jimm_linen.layers.stack import Block, Stacked
+from jimm_linen.layers.stack import Block, Stacked, scan_to_loop
 from jimm_linen.models.base import Model
 from jimm_linen.outputs import CausalLMOutput
 from jimm_linen.partitioning import constrain
@@ -351,10 +351,15 @@ class CausalLM(Model):
                                              kernel_init=default_kernel_init(cfg.initializer_range), **kw)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None,
-                 train: bool = False, return_hidden_states: bool = False, output_router_logits: bool = False):
+                 train: bool = False, return_hidden_states: bool = False, output_router_logits: bool = False,
+                 logits_to_keep: int = 0):
+        """`logits_to_keep` (HF's): logits of the last that many positions only (0: all), as
+        generation's prefill wants one position, not a `[B, T, V]` array."""
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0: every position), got {logits_to_keep!r}")
         h, per_layer, cache, aux = self.hidden(input_ids, attention_mask, positions, cache, train,
                                                return_hidden_states)
-        logits = self.logits(h)
+        logits = self.logits(h[:, -logits_to_keep:] if logits_to_keep else h)
         if not (return_hidden_states or output_router_logits):
             return logits if cache is None else (logits, cache)
         out = CausalLMOutput(logits=logits, last_hidden_state=h, hidden_states=per_layer, cache=cache, aux=aux)
@@ -401,6 +406,22 @@ class CausalLM(Model):
         if collect:  # HF's hidden_states: the embeddings, each block's output, the last one normed
             per_layer = (x, *list(out.hidden)[:-1], h)
         return h, per_layer, cache, out.aux
+
+    # --- the layout generation's decode steps read ---
+    def decoding(self) -> CausalLM:
+        """The module generation's decode steps run: a scanned model's layers unstacked.
+
+        Under `nn.scan` each step slices every layer's weights out of the stacked arrays inside
+        the loop, and XLA materialises the slices: a copy of the model per token (on CPU a
+        336M-parameter Llama decoded 3x slower scanned than looped). Unstacked once per call
+        (`decoding_variables`), a step reads each weight where it lies, at the cost of the
+        weights' size in memory while generation runs. The prefill keeps the scanned layout: it
+        reads each weight once for many tokens, and compiles one layer, not all."""
+        return self.clone(scan=False) if self.scan else self
+
+    def decoding_variables(self, variables) -> dict:
+        """`variables` in `decoding()`'s layout."""
+        return scan_to_loop(nn.meta.unbox(variables)) if self.scan else variables
 
     def init_cache(self, batch: int, length: int, dtype: Any = None) -> KVCache:
         """An empty cache for `batch` rows of up to `length` tokens (prompt + generated)."""

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jimm_linen.layers.moe import MoeBlock, load_balancing_loss
+from jimm_linen.layers.moe import MoeBlock, load_balancing_loss, per_expert
 from jimm_linen.layers.norm import RMSNorm
 from jimm_linen.models.decoder import CausalLM
 from jimm_linen.models.llama.model import LlamaBlock
@@ -36,6 +36,11 @@ class MixtralBlock(LlamaBlock):
 
 class MoeLM(CausalLM):
     """A decoder whose MoE layers (`config.moe_layers()`) hand out `router_logits` as `aux`."""
+
+    def decoding_variables(self, variables) -> dict:
+        """Also each MoE layer's experts in buffers of their own (`layers.moe.per_expert`), so a
+        decode step reads only the experts its tokens chose."""
+        return per_expert(super().decoding_variables(variables), self.config.moe_implementation)
 
     def router_outputs(self, aux, attention_mask):
         moe = np.flatnonzero(self.config.moe_layers())

@@ -85,6 +85,12 @@ def _checkpoint_files(name_or_path: str | os.PathLike, prefer_pytorch: bool) -> 
     return path.parent, [path]
 
 
+def checkpoint_config(name_or_path: str | os.PathLike, prefer_pytorch: bool = False) -> tuple[Family, Any]:
+    """The family and config of a checkpoint (a directory, its `.safetensors` file or a hub id)
+    as `from_pretrained` reads them, before it reads any weight."""
+    return read_config(_checkpoint_files(name_or_path, prefer_pytorch)[0])
+
+
 def read_config(directory: Path) -> tuple[Family, Any]:
     cfg_file = directory / "config.json"
     if not cfg_file.exists():

@@ -201,18 +201,21 @@ def test_out_of_tolerance_exits_non_zero(tmp_path, monkeypatch, capsys):
     assert "| NO " in captured.out and "out of tolerance" in captured.err
 
 
-def _jimm(*args: str) -> subprocess.CompletedProcess:
-    """`jimm ...` as the console script runs it (`jimm_nnx.cli:main`), from this checkout."""
+def _jimm(*args: str, module: str = "jimm_cli") -> subprocess.CompletedProcess:
+    """`jimm ...` as the console script runs it (`jimm_cli:main`), from this checkout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "jimm_nnx.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=ROOT, env=env)
 
 
-def test_console_script_is_jimm_nnx_cli():
+def test_console_script_is_jimm_cli():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"jimm": "jimm_nnx.cli:main"}
+    assert scripts == {"jimm": "jimm_cli:main"}
     result = _jimm("parity", "--help")
     assert result.returncode == 0 and "HF checkpoint directories" in result.stdout
+    # What older installs' console script and `python -m jimm_nnx.cli` run: the same entry point.
+    old = _jimm("parity", "--help", module="jimm_nnx.cli")
+    assert (old.returncode, old.stdout) == (0, result.stdout)
 
 
 def test_a_bad_checkpoint_directory_gives_no_traceback(tmp_path):

@@ -42,7 +42,7 @@ def test_prompt_to_text_equals_hf_generate_and_decode(checkpoint, capsys):
     out, err = capsys.readouterr()
     expected = hf_text(model, tokenizer, ids, 12)
     assert len(expected) > 12
-    assert out == expected + "\n"
+    assert out == PROMPT + expected + "\n"  # the prompt echoed: one text
     assert "12 tokens in " in err and "tokens/s" in err
 
 
@@ -62,6 +62,7 @@ def test_chat_template_and_seeded_sampling(checkpoint, capsys):
     assert sample(1) == sample(1) != sample(2)
     # top-k 1 is greedy whatever the temperature and seed
     assert sample(5, "--top-k", "1") == hf_text(model, tokenizer, ids, 6) + "\n"
+    assert sample(5, "--min-p", "1") == hf_text(model, tokenizer, ids, 6) + "\n"  # only the most likely token
 
 
 def test_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
@@ -83,14 +84,16 @@ def test_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
          f"a ViTConfig checkpoint, not a decoder LM (jimm generate runs {', '.join(sorted(decoders()))})"),
         (["generate", str(d), "--prompt", PROMPT, "--max-new-tokens", "60"],
          "max_new_tokens (60) = 68 positions exceed max_position_embeddings (64)"),
+        (["generate", str(d), "--prompt", " ".join([PROMPT] * 9)],  # 72 tokens
+         "the longest prompt (72 tokens) + max_new_tokens (128) = 200 positions exceed max_position_embeddings (64)"),
         (["generate", str(d), "--prompt", PROMPT, "--max-new-tokens", "4", "--temperature", "0.5",
           "--top-p", "1.5"],
-         "top_p must be a float in [0.0, 1.0]"),
+         "jimm generate: argument --top-p: must be in (0, 1], got 1.5"),
     ]
     for argv, says in cases:
         assert cli.main(argv) == 2
         captured = capsys.readouterr()
-        lines = [line for line in captured.err.splitlines() if not line.endswith(": loading")]
+        lines = captured.err.splitlines()  # each refused before the model is loaded
         assert captured.out == "" and len(lines) == 1 and says in lines[0], captured.err
 
 

@@ -74,7 +74,11 @@ def test_generate_prints_hf_generates_text_and_tokens(checkpoint, capsys):
     out, err = capsys.readouterr()
     text = tokenizer.decode(expected, skip_special_tokens=True)
     assert text.strip(), f"HF's continuation {expected} decodes to no text"
-    assert out == text + "\n"
+    # The prompt first, then the continuation, as the whole sequence decodes (a SentencePiece
+    # token's leading space shows only after the text before it).
+    whole = tokenizer.decode([*ids, *expected], skip_special_tokens=True)
+    assert whole.startswith(PROMPT) and whole.endswith(text.strip())
+    assert out == whole + "\n"
     assert f"{NEW} tokens in " in err
     # The same greedy tokens from the model the CLI loads, on the same ids.
     lm = jimm_nnx.CausalLM.from_pretrained(d, sharding=jimm_nnx.NoSharding())

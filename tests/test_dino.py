@@ -314,7 +314,8 @@ def test_nnx_classes_load_what_linen_loads(references):
         ours = nnx.jit(lambda m, x: m(x))(model, images)
         np.testing.assert_array_equal(ours, jax.jit(module.apply)(variables, images))
         assert ours.shape == (2, module.config.hidden_size)
-    with pytest.raises(ValueError, match="not a dinov2 checkpoint"):
+    with pytest.raises(ValueError, match="holds a dinov3_vit checkpoint .* jimm_nnx.DINOv2Model does not load; use "
+                                         "jimm_nnx.DINOv3Model$"):
         DINOv2Model.from_pretrained(directory, sharding=NoSharding())
 
 

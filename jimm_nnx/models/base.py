@@ -17,6 +17,7 @@ from flax import nnx
 import bridge
 import jimm_linen
 from jimm_linen.layers import remat_policy
+from jimm_linen.pretrained import checkpoint_config
 from jimm_linen.models.vit import ViT, ViTConfig
 from jimm_nnx.sharding import ShardingArg, ViTSharding, resolve_sharding
 
@@ -36,6 +37,18 @@ def _default_rngs(rngs: RngsArg) -> nnx.Rngs | jax.Array | int:
     # A fresh Rngs(0) per call: a shared default object would carry its state from one model
     # to the next, so the same call would build different models.
     return nnx.Rngs(0) if rngs is None else rngs
+
+
+def _another_class(source, cls: type, family, config) -> str:
+    """Why `cls` refuses the checkpoint at `source`, naming the jimm_nnx classes that load it."""
+    import jimm_nnx
+
+    fits = [f"jimm_nnx.{name}" for name in jimm_nnx.__all__ if isinstance(c := getattr(jimm_nnx, name), type)
+            and issubclass(c, PretrainedModel) and c is not PretrainedModel and c._loads(family, config)]
+    use = (f"use {', '.join(fits[:-1])} or {fits[-1]}" if len(fits) > 1 else f"use {fits[0]}" if fits else
+           "no jimm_nnx class loads it")
+    return (f"{source} holds a {family.model_type} checkpoint ({type(config).__name__}), which "
+            f"jimm_nnx.{cls.__name__} does not load; {use}")
 
 
 class _View:
@@ -86,15 +99,20 @@ class PretrainedModel(bridge.LinenModule):
         function's outputs. `kwargs` go to `jimm_linen.from_pretrained` (`dont_load=`, `scan=`,
         config overrides such as `num_labels=`); `rngs` initialises `dont_load` parameters and
         drives dropout."""
+        family, config = checkpoint_config(model_name_or_path, use_pytorch)
+        if not cls._loads(family, config):
+            raise ValueError(_another_class(model_name_or_path, cls, family, config))
         rngs, placement = _default_rngs(rngs), resolve_sharding(sharding, cls.default_sharding)
         module, variables = cls._load(model_name_or_path, rngs, placement, attention_fn=attention_fn, dtype=dtype,
                                       param_dtype=param_dtype, remat_policy=_remat(use_gradient_checkpointing),
                                       tower=cls.tower, prefer_pytorch=use_pytorch, **kwargs)
-        if not cls._accepts(module.config):
-            raise ValueError(f"{model_name_or_path} is not a {cls.model_type} checkpoint (it holds a "
-                             f"{type(module).__name__}{' tower' if cls.tower else ''} of another kind; use the "
-                             f"jimm_nnx class for its model_type)")
         return cls.from_linen_variables(module, variables, placement=placement, rngs=rngs)
+
+    @classmethod
+    def _loads(cls, family, config) -> bool:
+        """Whether `from_pretrained` takes a checkpoint of `family` whose `config.json` reads as
+        `config`."""
+        return cls._accepts(config)
 
     @staticmethod
     def _load(name_or_path, rngs, placement: bridge.Placement, **kwargs: Any):

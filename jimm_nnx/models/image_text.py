@@ -140,6 +140,12 @@ class _Tower(PretrainedModel):
     def _accepts(cls, config) -> bool:
         return isinstance(config, cls.config_cls) and FAMILIES[cls.model_type].owns(config)
 
+    @classmethod
+    def _loads(cls, family, config) -> bool:
+        if isinstance(config, cls.full_cls):  # a two-tower checkpoint: this tower of it
+            return cls._accepts(getattr(config, cls.tower))
+        return family.model_type == cls.model_type and cls._accepts(config)
+
 
 class _VisionTower(_Tower, VisionTransformer):
     def __call__(self, image: jax.Array, do_projection: bool = True, *, train: bool | None = None,

@@ -170,7 +170,8 @@ def test_each_nnx_class_takes_its_own_family(gemma, gemma2):
         is jimm_linen.Gemma2
     assert type(gemma2.lm) is jimm_nnx.Gemma2 and type(gemma.lm) is jimm_nnx.Gemma
     # Gemma 2's classes subclass Gemma's: Gemma's NNX class still refuses its checkpoints.
-    with pytest.raises(ValueError, match=r"is not a gemma checkpoint"):
+    with pytest.raises(ValueError, match=r"holds a gemma2 checkpoint \(Gemma2Config\), which jimm_nnx.Gemma does not "
+                                         r"load; use jimm_nnx.CausalLM or jimm_nnx.Gemma2$"):
         jimm_nnx.Gemma.from_pretrained(gemma2.directory, sharding=jimm_nnx.NoSharding())
     with pytest.raises(ValueError, match=r"model_type 'gemma2' is not a Gemma family"):
         jimm_nnx.Gemma.from_config(gemma2.hf.config.to_dict())

@@ -1,0 +1,5 @@
+import sys
+
+from jimm_cli import main
+
+sys.exit(main())

@@ -135,7 +135,7 @@ def _jax_apply_bench(spec, fwd_fn, params, x, labels, versions):
         # Reference numbers from the initial parameters, before donation consumes them.
         loss0, g0 = grad_fn(params, x, labels)
         state["check"] = {"loss": np.asarray(loss0, np.float32),
-                          "grad_norm": np.asarray(optax.global_norm(g0), np.float32)}
+                          "grad_norm": np.asarray(optax.tree.norm(g0), np.float32)}
         del g0
         state.update(p=params, o=opt_state)
         args = (params, opt_state, x, labels)
@@ -257,7 +257,7 @@ def _nnx_bench(spec, model, x, y, versions, call=lambda m, x: m(x), graph: bool 
         @functools.partial(nnx.jit, graph=graph)
         def grads_of(m, x, y):
             loss, g = nnx.value_and_grad(loss_fn)(m, x, y)
-            return loss, optax.global_norm(g)
+            return loss, optax.tree.norm(g)
 
         loss0, gn = grads_of(model, x, y)
         state["check"] = {"loss": np.asarray(loss0, np.float32), "grad_norm": np.asarray(gn, np.float32)}

@@ -196,7 +196,7 @@ def abstract_train_state(module: nn.Module, tx: optax.GradientTransformation, *,
 def _one_device() -> jax.sharding.Sharding:
     """Where an unsharded state lives: committed to the first device, like a restored one, since
     `jit` compiles once more for committed arguments after uncommitted ones."""
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.make_single_device_sharding(jax.devices()[0])
 
 
 def init_train_state(module: nn.Module, tx: optax.GradientTransformation, params: Any, *,
@@ -320,7 +320,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, *, mesh
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     jitted = jax.jit(update, in_shardings=(state_shardings, None, None), out_shardings=(state_shardings, None),

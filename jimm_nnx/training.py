@@ -73,7 +73,7 @@ def make_train_step(*, chunk_size: int = DEFAULT_CHUNK_SIZE, donate: bool = True
 
         (loss, terms), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
-        return {"loss": loss, **terms, "grad_norm": optax.global_norm(grads)}
+        return {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads)}
 
     def step(model, optimizer, batch):
         vocab, placement = model.linen_module.config.vocab_size, model.placement

@@ -1,7 +1,8 @@
 """The legacy HF Flax models (transformers==4.57.6) as a parity reference, installed beside the main env.
 
 Why beside: transformers 5 removed the Flax models; 4.57.6 is the last release that has them
-(`FlaxViTForImageClassification`, ...) and it still runs on jax 0.10 / flax 0.12. It cannot share
+(`FlaxViTForImageClassification`, ...) and it still runs on jax 0.10 and 0.12 / flax 0.12 (both
+stacks CI tests). It cannot share
 the main venv: that holds transformers 5.23, and 4.57.6 needs `huggingface_hub<1.0` and
 `tokenizers<=0.23.0` (checked by transformers at import time) where the main env has hub 2.x and
 tokenizers 0.23.3.
@@ -12,9 +13,11 @@ How it runs:
    `transformers==4.57.6` *there* would add or replace (`pip install --dry-run --report`). That is
    the exact set that conflicts with, or is missing from, the main env; today:
    transformers 4.57.6, huggingface_hub 0.36.2, tokenizers 0.22.2, and requests with urllib3,
-   certifi and charset-normalizer (hub 0.x and transformers 4.x import requests; the main env has
-   no requests). Exactly those pinned versions are installed with `pip install --no-deps
-   --target <repo>/.cache/legacy-transformers-4.57.6-py3XX`; everything else (jax, flax, numpy,
+   certifi and charset-normalizer on Python 3.11 (hub 0.x and transformers 4.x import requests,
+   which the main env there lacks; on 3.12 tokamax 0.0.17 brings it). Exactly those pinned
+   versions are installed with `pip install --no-deps --target
+   <repo>/.cache/legacy-transformers-4.57.6-py3XX` by the interpreter running the tests (one
+   folder per Python version: it holds compiled wheels); everything else (jax, flax, numpy,
    safetensors, torch, regex, pyyaml, filelock, tqdm, ...) comes from the main venv. Only the
    package registry configured for pip is used. The install goes to a temporary folder, is
    checked by importing `FlaxViTForImageClassification` from it, and is then renamed into place

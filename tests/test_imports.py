@@ -1,9 +1,10 @@
 """Imports run one way: jimm_nnx -> bridge -> jimm_linen. Nothing in jimm_linen imports bridge,
 jimm_nnx or flax.nnx; nothing in bridge imports jimm_nnx. Checked twice: in a fresh interpreter
 (what importing really pulls in) and statically over every file (imports inside functions too,
-which the first check only sees once they run)."""
+which the first check only sees once they run). Importing changes no global JAX / XLA setting."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -16,13 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"jimm_linen": ("bridge", "jimm_nnx", "flax.nnx"), "bridge": ("jimm_nnx",)}
 
 
-def _modules_after(code: str) -> list[str]:
-    """The sys.modules names of a fresh interpreter after `code`, this checkout first on the path."""
+def _fresh(code: str) -> str:
+    """The stdout of `code` run in a fresh interpreter, this checkout first on the path."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
-                            capture_output=True, text=True, cwd=ROOT, env=env)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
-    return result.stdout.split()
+    return result.stdout
+
+
+def _modules_after(code: str) -> list[str]:
+    """The sys.modules names of a fresh interpreter after `code`."""
+    return _fresh(f"{code}\nimport sys\nprint('\\n'.join(sys.modules))").split()
 
 
 def _hits(modules, forbidden) -> list[str]:
@@ -44,6 +49,49 @@ def test_importing_bridge_leaves_out_jimm_nnx():
     modules = _modules_after("import bridge")
     assert "bridge" in modules
     assert _hits(modules, FORBIDDEN["bridge"]) == []
+
+
+_SETTINGS_AFTER = """
+import importlib, json, os, pkgutil, sys
+import jax
+from jax._src import xla_bridge
+import tokamax  # a dependency: it imports jax's Mosaic GPU module, which sets MOSAIC_GPU_* paths
+
+def snapshot():
+    return {"config": {k: repr(v) for k, v in jax.config.values.items()}, "environ": dict(os.environ)}
+
+before = snapshot()
+for name in ("jimm_linen", "bridge", "jimm_nnx"):
+    package = importlib.import_module(name)
+    for m in pkgutil.walk_packages(package.__path__, name + "."):
+        importlib.import_module(m.name)
+after = snapshot()
+changed = {part: sorted(k for k in before[part].keys() | after[part].keys()
+                        if before[part].get(k) != after[part].get(k)) for part in before}
+print(json.dumps({"changed": changed, "n_config": len(before["config"]),
+                  "backends_initialized": xla_bridge.backends_are_initialized(),
+                  "imported": sorted(m for m in sys.modules if m.startswith(("jimm_linen.", "bridge.", "jimm_nnx.")))}))
+"""
+
+
+def test_importing_jimm_changes_no_global_jax_or_xla_setting():
+    """jax's configuration, XLA_FLAGS and the choice of backend belong to the program: importing
+    every module of jimm_linen, bridge and jimm_nnx changes no `jax.config` value, writes no
+    environment variable and initialises no backend (after which XLA_FLAGS set by the program
+    would be ignored). The dependencies are imported first, so what they do themselves is the
+    baseline."""
+    report = json.loads(_fresh(_SETTINGS_AFTER).splitlines()[-1])
+    assert report["n_config"] > 50 and "jimm_nnx.cli" in report["imported"]  # the check saw them
+    assert report["changed"] == {"config": [], "environ": []}
+    assert report["backends_initialized"] is False
+
+
+def test_the_settings_check_sees_a_change():
+    code = _SETTINGS_AFTER.replace('package = importlib.import_module(name)',
+                                   'package = importlib.import_module(name)\n'
+                                   '    jax.config.update("jax_enable_x64", True); os.environ["XLA_FLAGS"] = "x"')
+    assert json.loads(_fresh(code).splitlines()[-1])["changed"] == {"config": ["jax_enable_x64"],
+                                                                  "environ": ["XLA_FLAGS"]}
 
 
 def _imported_names(tree: ast.AST):

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 import jimm_linen
 import jimm_nnx
 from jimm_linen import training
+from jimm_linen.layers import scan_to_loop
 from jimm_linen.layers.moe import MoeBlock, load_balancing_loss
 from jimm_linen.registry import decoders
 from jimm_nnx import reference as parity
@@ -292,18 +293,21 @@ def test_mixed_layers_round_trip_through_transformers(qwen3_moe, tmp_path):
 def test_router_jitter_multiplies_the_experts_input_in_training_only(mixtral):
     """HF's `router_jitter_noise` j: in training, the MoE block's input (router and experts alike)
     times noise uniform in [1 - j, 1 + j]; in evaluation nothing."""
-    module = mixtral.module.clone(config=dataclasses.replace(mixtral.module.config, router_jitter_noise=0.25))
+    cfg = dataclasses.replace(mixtral.module.config, router_jitter_noise=0.25)
+    # The loop layout: under jax 0.12 / flax 0.12.12 a debug callback inside a Linen nn.scan body
+    # fails ("broadcasted variable has a data dependency on the scan body").
+    module, variables = mixtral.module.clone(config=cfg, scan=False), {"params": scan_to_loop(mixtral.variables["params"])}
     ids, mask = left_padded("mixtral", PROMPT, seed=6)
     args = (jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
     real = lambda x: parity.real_positions(x, mask)  # noqa: E731
     plain = real(hf_forward(mixtral.hf, ids, mask).logits)
-    assert_close(real(jax.jit(module.apply)(mixtral.variables, *args)), plain, what="evaluation with router_jitter_noise")
+    assert_close(real(jax.jit(module.apply)(variables, *args)), plain, what="evaluation with router_jitter_noise")
     seen = {"norm": [], "moe": []}
 
     def keep(name):
         return lambda value: seen[name].append(np.asarray(value))
 
-    def record(next_fun, args_, kwargs, context):  # each layer's values, as the scan runs it
+    def record(next_fun, args_, kwargs, context):  # each layer's values, in layer order
         out = next_fun(*args_, **kwargs)
         if context.method_name == "__call__" and isinstance(context.module, MoeBlock):
             jax.debug.callback(keep("moe"), args_[0], ordered=True)
@@ -313,13 +317,13 @@ def test_router_jitter_multiplies_the_experts_input_in_training_only(mixtral):
 
     train = jax.jit(lambda v, key, *a: module.apply(v, *a, train=True, rngs={"dropout": key}))
     with nn.intercept_methods(record):
-        trained = np.asarray(train(mixtral.variables, jax.random.key(0), *args))
+        trained = np.asarray(train(variables, jax.random.key(0), *args))
     assert len(seen["moe"]) == len(seen["norm"]) == 2
     for moe_input, normed in zip(seen["moe"], seen["norm"]):
         noise = moe_input / normed
         assert 0.75 <= noise.min() < 0.76 and 1.24 < noise.max() <= 1.25, (noise.min(), noise.max())
     assert np.abs(real(trained) - plain).max() > 1e-2
-    assert np.abs(real(train(mixtral.variables, jax.random.key(1), *args)) - real(trained)).max() > 1e-2
+    assert np.abs(real(train(variables, jax.random.key(1), *args)) - real(trained)).max() > 1e-2
 
 
 # --- configs as HF reads them --------------------------------------------------------------------

@@ -247,7 +247,8 @@ def test_quick_decoder_suite_checks_tokens_and_records_its_share_of_the_measured
     for r in rows[1:]:
         w = suite[r["workload"]]
         assert r["limits_run_id"] == limits["run_id"] == r["run_id"] and r["agreement_rel_diff"] == 0
-        assert r["compile_s"] >= 0 and r["first_call_s"] >= r["median_s"] - 1e-9 and r["max_rss_bytes"] > 0
+        # Timings carry no order: a tiny decode's first call can beat the median (host noise).
+        assert r["compile_s"] >= 0 and r["first_call_s"] > 0 and r["max_rss_bytes"] > 0
         if r["task"] == "decode":
             steps_per_s = w.new_tokens / r["median_s"]
             assert r["throughput"] == pytest.approx(w.batch * steps_per_s)

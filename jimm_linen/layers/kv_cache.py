@@ -57,12 +57,6 @@ class KVCache:
             return self
         return self.replace(keys=tuple(self.keys), values=tuple(self.values))
 
-    def stacked(self) -> KVCache:
-        """This cache with keys and values stacked along a leading `layers` axis."""
-        if not isinstance(self.keys, tuple):
-            return self
-        return self.replace(keys=jnp.stack(self.keys), values=jnp.stack(self.values))
-
     @staticmethod
     def logical_axes() -> KVCache:
         """The logical axis names of each field (tensor parallelism shards `cache_kv_heads`)."""

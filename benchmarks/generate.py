@@ -19,7 +19,6 @@ markdown file's generate block from the latest run in `--results`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -187,12 +186,9 @@ def rows(times, first, built: dict, rounds: int, load_before: float) -> list[dic
 
 def render(results: Path) -> str:
     """The latest run in `results` per platform, one table each."""
-    runs: dict[str, list[dict]] = {}
-    for line in results.read_text().splitlines():
-        row = json.loads(line)
-        runs.setdefault(row["run_id"], []).append(row)
-    latest = {r[0]["platform"]: r for r in runs.values()}  # later lines win
-    return "\n\n".join(table(latest[p]) for p in sorted(latest))
+    from benchmarks.report import latest_per_platform
+
+    return latest_per_platform(results, table)
 
 
 def table(rows: list[dict]) -> str:

@@ -30,7 +30,6 @@ and workload goes to `--results`; `--tables` regenerates that file's MoE block f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -189,12 +188,9 @@ def main(argv=None):
 
 def render(results: Path) -> str:
     """The latest run in `results` per platform, one table each."""
-    runs: dict[str, list[dict]] = {}
-    for line in results.read_text().splitlines():
-        row = json.loads(line)
-        runs.setdefault(row["run_id"], []).append(row)
-    latest = {r[0]["platform"]: r for r in runs.values()}  # later lines win
-    return "\n\n".join(table(latest[p]) for p in sorted(latest))
+    from benchmarks.report import latest_per_platform
+
+    return latest_per_platform(results, table)
 
 
 def table(rows: list[dict]) -> str:

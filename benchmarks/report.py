@@ -253,6 +253,16 @@ def update_docs(results: Path, tables: Path, readme: Path) -> None:
     _replace_block(readme, SUMMARY_BEGIN, SUMMARY_END, summary(results))
 
 
+def latest_per_platform(results: Path, table: Callable[[list[dict]], str]) -> str:
+    """A standalone benchmark's tables: the latest run in `results` per platform, one `table` each."""
+    runs: dict[str, list[dict]] = {}
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        runs.setdefault(row["run_id"], []).append(row)
+    latest = {r[0]["platform"]: r for r in runs.values()}  # later lines win
+    return "\n\n".join(table(latest[p]) for p in sorted(latest))
+
+
 def publish(rows: list[dict], results: Path, tables: Path | None, begin: str, end: str,
             table: Callable[[list[dict]], str], render: Callable[[Path], str]) -> None:
     """A standalone benchmark's last step: append its rows to `results` (JSON lines), print

@@ -59,4 +59,7 @@ def side_env(folder: Path | None) -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONNOUSERSITE"] = "1"
+    # Compile times are part of every row: a persistent compilation cache the caller set (the test
+    # suite sets one) would turn a compile into a file read.
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     return env

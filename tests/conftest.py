@@ -4,6 +4,23 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One XLA compilation cache for the whole run, shared by the xdist workers and every interpreter a
+# test starts (notebooks, README blocks, CLIs inherit the environment): the tests build the same
+# tiny models over and over, each time under a new closure that jax's in-memory caches do not
+# recognise, while the persistent cache keys on the compiled program itself. The controller makes
+# a fresh folder (workers inherit it), so a run never reads an earlier run's programs; every
+# program is cached, however quick its compile. The benchmark harness turns the cache off in its
+# workers (`benchmarks/side_envs.py`): it measures compile times.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="jimm-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def pytest_configure(config):

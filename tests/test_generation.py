@@ -84,7 +84,8 @@ def free_run(llama):
 
 
 class Compiles:
-    """Counts XLA compilations (every backend compile in the process) while active."""
+    """Counts the programs compiled while active, every backend compile in the process (a read
+    from the persistent compilation cache, which the suite turns on, counts: the event times both)."""
 
     def __init__(self):
         self.names: list[str] = []

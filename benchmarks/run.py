@@ -3,7 +3,9 @@
     python -m benchmarks.run --suite cpu                  # the full CPU suite (~30-40 min on 2 cores)
     python -m benchmarks.run --suite cpu --workloads vit_b16_infer,vit_b16_train --rounds 3
     python -m benchmarks.run --suite cpu --quick          # tiny config, 2 steps, 3 contenders: harness check
+    python -m benchmarks.run --suite gpu --keep-going     # on a GPU: ViT and decoders (Llama-3.2-1B, Qwen3-0.6B), bf16
     python -m benchmarks.run --suite gpu --wheels DIR     # sets up .cache/gpu-venv from DIR's wheels, then runs
+    python -m benchmarks.run --suite gpu --quick --allow-cpu   # its logic on CPU: tiny configs, GPU-only backends dropped
     python -m benchmarks.run --suite llm                  # decoders: greedy decode, prefill, training step
     python -m benchmarks.run --suite llm --workloads llama_decode_b1,llama_decode_b16,llama_prefill
     python -m benchmarks.run --list                       # workloads and contenders
@@ -20,12 +22,15 @@ the README's summary of them are regenerated from the latest run of each workloa
 average is recorded before and after each workload, since other processes may compete for the
 cores.
 
-`--suite llm` (decoders) first measures the host's limits in a process of its own
-(`benchmarks.machine`: triad memory bandwidth, float32 and bf16 GEMM peak) and records them as a
-JSON line; each decoder row then carries its share of them: a decode row the bytes a step must
-read (`workloads.decode_bytes_per_step`) x steps/s over the measured bandwidth, a prefill or
-training row its model FLOP/s (`workloads.decoder_flops`) over the measured GEMM peak of its
-dtype. Generated tokens must be identical across contenders (exactly, not within a tolerance).
+Before its first decoder workload (`--suite llm`, and the decoders of `--suite gpu`), a run
+measures the host's limits in a process of its own (`benchmarks.machine`: triad memory
+bandwidth, float32 and bf16 GEMM peak; the GPU's, on a GPU) and records them as a JSON line;
+each decoder row then carries its share of them: a decode row the bytes a step must read
+(`workloads.decode_bytes_per_step`) x steps/s over the measured bandwidth, a prefill or training
+row its model FLOP/s (`workloads.decoder_flops`) over the measured GEMM peak of its dtype (and,
+on a GPU, over its datasheet peak). float32 generated tokens must be identical across
+contenders (exactly, not within a tolerance); bf16 decodes are compared on forced steps' logits
+(`benchmarks.llm.decode_check`).
 """
 
 from __future__ import annotations

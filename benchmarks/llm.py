@@ -1,6 +1,8 @@
-"""Decoder contenders for `benchmarks.worker` (workloads with a decoder `model`, `--suite llm`).
+"""Decoder contenders for `benchmarks.worker` (workloads with a decoder `model`: `--suite llm`, the
+decoders of `--suite gpu`).
 
-Tasks, on the token ids in `spec["tokens"]` (an .npz with `ids [B, seq]` int32):
+Tasks, on the token ids in `spec["tokens"]` (an .npz with `ids [B, seq]` and, for the bf16 decode
+check, `forced [B, CHECK_DECODE_STEPS]`, int32):
 
 * `decode`: greedy generation of exactly `new_tokens` tokens after the `ids` prompt (no EOS, no
   padding); one step = one whole generate call (its prefill included); checked (`decode_check`):
@@ -28,8 +30,6 @@ from benchmarks.worker import (B1, B2, EPS, LR, WD, Bench, _adamw, _attention, _
                                _torch_setup, _versions)
 
 JAX_VERSIONS = ("jax", "jaxlib", "flax", "optax")
-
-
 CHECK_DECODE_STEPS = 4  # bf16 decode check: teacher-forced steps through the cache after the prompt
 
 
@@ -39,7 +39,7 @@ def _tokens(spec, name: str = "ids"):
     return np.load(spec["tokens"])[name].astype(np.int32)
 
 
-def _inference_param_dtype(spec):
+def _param_dtype(spec):
     """The dtype the jimm contenders hold parameters in: the workload's for inference, float32
     (mixed precision) for training."""
     import jax.numpy as jnp
@@ -117,7 +117,7 @@ def jimm_linen_bench(spec) -> Bench:
     ids = jnp.asarray(_tokens(spec))
     module, variables = jimm_linen.from_pretrained(
         spec["checkpoint"], attention_fn=_attention(spec), dtype=_jax_dtype(spec),
-        param_dtype=_inference_param_dtype(spec), scan=spec.get("scan", True), remat_policy=spec.get("remat", "none"))
+        param_dtype=_param_dtype(spec), scan=spec.get("scan", True), remat_policy=spec.get("remat", "none"))
     versions = _versions(*JAX_VERSIONS)
     if spec["task"] == "decode":
         def run_once():
@@ -125,7 +125,7 @@ def jimm_linen_bench(spec) -> Bench:
                                       pad_token_id=0)
             return np.asarray(out.sequences)[:, ids.shape[1]:]
 
-        apply = jax.jit(lambda v, x, c: module.apply(v, x, cache=c))
+        apply = jax.jit(lambda v, x, c: module.apply(v, x, cache=c, logits_to_keep=1))
 
         def step(x, cache):
             logits, cache = apply(variables, jnp.asarray(x), cache)
@@ -161,7 +161,7 @@ def jimm_nnx_bench(spec) -> Bench:
     ids = jnp.asarray(_tokens(spec))
     lm = jimm_nnx.CausalLM.from_pretrained(spec["checkpoint"], sharding=jimm_nnx.NoSharding(),
                                            attention_fn=_attention(spec), dtype=_jax_dtype(spec),
-                                           param_dtype=_inference_param_dtype(spec), scan=spec.get("scan", True))
+                                           param_dtype=_param_dtype(spec), scan=spec.get("scan", True))
     versions = _versions(*JAX_VERSIONS)
     if spec["task"] == "decode":
         def run_once():
@@ -221,7 +221,7 @@ def _torch_bench(spec, compiled: bool) -> Bench:
         def step(x, cache):
             with torch.inference_mode():
                 out = model(input_ids=torch.from_numpy(x.astype(np.int64)).to(device), past_key_values=cache,
-                            use_cache=True)
+                            use_cache=True, logits_to_keep=1)
             return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
 
         def new_cache(batch, length):
@@ -285,6 +285,9 @@ def legacy_hf_flax_bench(spec) -> Bench:
     versions = {**_versions(*JAX_VERSIONS), "transformers": transformers.__version__}
     params = model.params
     if spec["task"] == "decode":
+        if spec["dtype"] != "float32":
+            raise ValueError(f"legacy HF Flax decode is checked on its tokens, which {spec['dtype']} does not "
+                             "keep equal across contenders (`decode_check`): float32 decode workloads only")
         gen = jax.jit(lambda p, x: model.generate(x, params=p, max_new_tokens=spec["new_tokens"], do_sample=False,
                                                   pad_token_id=0, eos_token_id=model.config.vocab_size).sequences)
         return _bench(spec, lambda: np.asarray(gen(params, ids))[:, ids.shape[1]:], lambda t: {"tokens": t}, versions)

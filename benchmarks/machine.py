@@ -75,7 +75,8 @@ def measure(gib: float, n: int | None, repeats: int) -> dict:
     if n is None:
         n = 8192 if jax.default_backend() == "gpu" else 4096
     out = triad_bandwidth(gib, repeats)
-    out.update(device_kind=jax.devices()[0].device_kind, gemm_n=n, gemm_float32_flops_per_s=gemm_peak(n, "float32", repeats),
+    out.update(device_kind=jax.devices()[0].device_kind, gemm_n=n,
+               gemm_float32_flops_per_s=gemm_peak(n, "float32", repeats),
                gemm_bfloat16_flops_per_s=gemm_peak(n, "bfloat16", repeats), jax=jax.__version__,
                cpu_count=len(os.sched_getaffinity(0)), loadavg=os.getloadavg()[:2],
                max_rss_bytes=max_rss_bytes())

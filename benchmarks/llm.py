@@ -1,14 +1,22 @@
-"""Decoder contenders for `benchmarks.worker` (workloads with a decoder `model`, `--suite llm`).
+"""Decoder contenders for `benchmarks.worker` (workloads with a decoder `model`: `--suite llm`, the
+decoders of `--suite gpu`).
 
-Tasks, on the token ids in `spec["tokens"]` (an .npz with `ids [B, seq]` int32):
+Tasks, on the token ids in `spec["tokens"]` (an .npz with `ids [B, seq]` and, for the bf16 decode
+check, `forced [B, CHECK_DECODE_STEPS]`, int32):
 
 * `decode`: greedy generation of exactly `new_tokens` tokens after the `ids` prompt (no EOS, no
-  padding); one step = one whole generate call (its prefill included); checked: the new tokens,
-  which must be identical across contenders.
+  padding); one step = one whole generate call (its prefill included); checked (`decode_check`):
+  in float32 the new tokens, which must be identical across contenders; in bfloat16 the logits of
+  `forced` tokens decoded one at a time through the KV cache after the prompt.
 * `prefill`: the whole forward over `ids`, every position's logits `[B, seq, V]` computed and
   returned (no KV cache kept); checked: the logits at 8 spread positions and the last.
 * `train`: forward + mean next-token cross-entropy + backward + AdamW; checked: the first
   step's loss and the gradients' global norm (before the update).
+
+Inference (decode, prefill) holds the parameters in the workload's dtype, as a bf16 checkpoint
+loads (HF PyTorch's `dtype=` does the same); training keeps float32 parameters and computes in
+the workload's dtype. The jimm contenders take the `attention` option (a tokamax backend name)
+as the ViT benches do (`benchmarks.worker._attention`).
 
 A contender's `compile` is its first call, timed; the worker reports compile time as that first
 call minus the median steady call. Like `benchmarks.worker`, nothing here imports a package at
@@ -18,15 +26,48 @@ must not be imported.
 
 from __future__ import annotations
 
-from benchmarks.worker import B1, B2, EPS, LR, WD, Bench, _adamw, _first_call_timer, _jax_dtype, _torch_setup, _versions
+from benchmarks.worker import (B1, B2, EPS, LR, WD, Bench, _adamw, _attention, _first_call_timer, _jax_dtype,
+                               _torch_setup, _versions)
 
 JAX_VERSIONS = ("jax", "jaxlib", "flax", "optax")
+CHECK_DECODE_STEPS = 4  # bf16 decode check: teacher-forced steps through the cache after the prompt
 
 
-def _tokens(spec):
+def _tokens(spec, name: str = "ids"):
     import numpy as np
 
-    return np.load(spec["tokens"])["ids"].astype(np.int32)
+    return np.load(spec["tokens"])[name].astype(np.int32)
+
+
+def _param_dtype(spec):
+    """The dtype the jimm contenders hold parameters in: the workload's for inference, float32
+    (mixed precision) for training."""
+    import jax.numpy as jnp
+
+    return jnp.float32 if spec["task"] == "train" else _jax_dtype(spec)
+
+
+def decode_check(spec, tokens, step, new_cache) -> dict:
+    """What a decode workload compares. float32: the generated `tokens`, exactly. bfloat16: two
+    correct implementations round differently (logits move by ~1e-2 of their range), and over a
+    long batch of greedy steps some step has its top two logits closer than that, after which
+    the rows go apart; so the decode path is checked on fixed input instead: the prompt
+    (`ids`), then the `forced` tokens one at a time, through the KV cache, and the last
+    position's logits after each, `[B, 1 + CHECK_DECODE_STEPS, V]` float32. `step(ids, cache)
+    -> (last position's logits as float32 numpy, cache)` runs the contender's model;
+    `new_cache(batch, length)` is its empty cache. The generate loop around the model is
+    dtype-blind and checked by the float32 workloads."""
+    import numpy as np
+
+    if spec["dtype"] == "float32":
+        return {"tokens": tokens}
+    ids, forced = _tokens(spec), _tokens(spec, "forced")
+    logits, cache = step(ids, new_cache(ids.shape[0], ids.shape[1] + forced.shape[1]))
+    out = [logits]
+    for i in range(forced.shape[1]):
+        logits, cache = step(forced[:, i:i + 1], cache)
+        out.append(logits)
+    return {"forced_logits": np.stack(out, axis=1)}
 
 
 def check_positions(seq: int) -> list[int]:
@@ -53,7 +94,7 @@ def _bench(spec, run_once, check, versions) -> Bench:
 
 
 def _train_bench(spec, step_once, versions) -> Bench:
-    """`step_once() -> (loss, grad_norm)` of the step just run; the first step's are checked."""
+    """`step_once() -> (loss, grad_norm)`; only the first step's are kept, for the check."""
     state = {}
 
     def step():
@@ -74,8 +115,9 @@ def jimm_linen_bench(spec) -> Bench:
     from jimm_linen import training
 
     ids = jnp.asarray(_tokens(spec))
-    module, variables = jimm_linen.from_pretrained(spec["checkpoint"], dtype=_jax_dtype(spec),
-                                                   scan=spec.get("scan", True), remat_policy=spec.get("remat", "none"))
+    module, variables = jimm_linen.from_pretrained(
+        spec["checkpoint"], attention_fn=_attention(spec), dtype=_jax_dtype(spec),
+        param_dtype=_param_dtype(spec), scan=spec.get("scan", True), remat_policy=spec.get("remat", "none"))
     versions = _versions(*JAX_VERSIONS)
     if spec["task"] == "decode":
         def run_once():
@@ -83,7 +125,13 @@ def jimm_linen_bench(spec) -> Bench:
                                       pad_token_id=0)
             return np.asarray(out.sequences)[:, ids.shape[1]:]
 
-        return _bench(spec, run_once, lambda t: {"tokens": t}, versions)
+        apply = jax.jit(lambda v, x, c: module.apply(v, x, cache=c, logits_to_keep=1))
+
+        def step(x, cache):
+            logits, cache = apply(variables, jnp.asarray(x), cache)
+            return np.asarray(logits[:, -1], np.float32), cache
+
+        return _bench(spec, run_once, lambda t: decode_check(spec, t, step, module.init_cache), versions)
     if spec["task"] == "prefill":
         fwd = jax.jit(lambda v, x: module.apply(v, x))
         return _bench(spec, lambda: jax.block_until_ready(fwd(variables, ids)), _prefill_check, versions)
@@ -111,15 +159,20 @@ def jimm_nnx_bench(spec) -> Bench:
     if spec["task"] == "train":
         raise ValueError("jimm_nnx has no decoder training step of its own: jimm_linen.training trains decoders")
     ids = jnp.asarray(_tokens(spec))
-    lm = jimm_nnx.CausalLM.from_pretrained(spec["checkpoint"], sharding=jimm_nnx.NoSharding(), dtype=_jax_dtype(spec),
-                                           scan=spec.get("scan", True))
+    lm = jimm_nnx.CausalLM.from_pretrained(spec["checkpoint"], sharding=jimm_nnx.NoSharding(),
+                                           attention_fn=_attention(spec), dtype=_jax_dtype(spec),
+                                           param_dtype=_param_dtype(spec), scan=spec.get("scan", True))
     versions = _versions(*JAX_VERSIONS)
     if spec["task"] == "decode":
         def run_once():
             out = lm.generate(ids, max_new_tokens=spec["new_tokens"], eos_token_id=[], pad_token_id=0)
             return np.asarray(out.sequences)[:, ids.shape[1]:]
 
-        return _bench(spec, run_once, lambda t: {"tokens": t}, versions)
+        def step(x, cache):
+            logits, cache = lm(jnp.asarray(x), cache=cache)
+            return np.asarray(logits[:, -1], np.float32), cache
+
+        return _bench(spec, run_once, lambda t: decode_check(spec, t, step, lm.init_cache), versions)
     return _bench(spec, lambda: jax.block_until_ready(lm(ids)), _prefill_check, versions)
 
 
@@ -128,9 +181,13 @@ def jimm_nnx_bench(spec) -> Bench:
 def _torch_bench(spec, compiled: bool) -> Bench:
     """HF `*ForCausalLM` in PyTorch. Decode with `compiled`: transformers 5's documented way,
     `generate(cache_implementation="static", compile_config=CompileConfig(...))`, which
-    `torch.compile`s the forward of the decode steps (the prefill runs eager); its CPU opt-in
-    (`_compile_all_devices`) is set since transformers compiles on accelerators only by default.
-    Prefill / train with `compiled`: `torch.compile` of the model / the loss function."""
+    `torch.compile`s the forward of the decode steps (the prefill runs eager): on CUDA in
+    transformers' default mode, "reduce-overhead" (CUDA graphs); on CPU in mode "default" with
+    the CPU opt-in (`_compile_all_devices`), since transformers compiles on accelerators only by
+    default. The bf16 decode check (`decode_check`) runs the model uncompiled through a
+    `DynamicCache`, for `compiled` too. Prefill / train with `compiled`: `torch.compile` of the
+    model / the loss function. What a timed call leaves on the device (prefill logits, the
+    gradient norm) reaches the host only for the check."""
     import numpy as np
     import torch
     import transformers
@@ -149,8 +206,10 @@ def _torch_bench(spec, compiled: bool) -> Bench:
         gen_kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=spec["new_tokens"], do_sample=False,
                       pad_token_id=0)
         if compiled:
-            cc = transformers.CompileConfig(fullgraph=True, dynamic=False, mode="default")
-            cc._compile_all_devices = True
+            cuda = device.startswith("cuda")
+            cc = transformers.CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda else "default")
+            if not cuda:
+                cc._compile_all_devices = True
             gen_kw.update(cache_implementation="static", compile_config=cc)
 
         def run_once():
@@ -159,7 +218,16 @@ def _torch_bench(spec, compiled: bool) -> Bench:
             sync()
             return out[:, ids.shape[1]:].cpu().numpy().astype(np.int32)
 
-        return _bench(spec, run_once, lambda t: {"tokens": t}, versions)
+        def step(x, cache):
+            with torch.inference_mode():
+                out = model(input_ids=torch.from_numpy(x.astype(np.int64)).to(device), past_key_values=cache,
+                            use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
+
+        def new_cache(batch, length):
+            return transformers.DynamicCache(config=model.config)
+
+        return _bench(spec, run_once, lambda t: decode_check(spec, t, step, new_cache), versions)
     if spec["task"] == "prefill":
         model.eval()
         fwd = torch.compile(model) if compiled else model
@@ -168,9 +236,9 @@ def _torch_bench(spec, compiled: bool) -> Bench:
             with torch.inference_mode():
                 logits = fwd(input_ids=ids, use_cache=False).logits
             sync()
-            return logits.float().cpu().numpy()
+            return logits
 
-        return _bench(spec, run_once, _prefill_check, versions)
+        return _bench(spec, run_once, lambda logits: _prefill_check(logits.float().cpu().numpy()), versions)
     model.train()  # the checkpoint has no dropout: same math as eval
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(B1, B2), eps=EPS, weight_decay=WD)
 
@@ -178,16 +246,18 @@ def _torch_bench(spec, compiled: bool) -> Bench:
         return model(input_ids=x, labels=x, use_cache=False).loss  # mean next-token CE, float32 logits
 
     lf = torch.compile(loss_fn) if compiled else loss_fn
+    first_norm = []  # only the first step's is checked: the timed steps do not compute it
 
     def step_once():
         loss = lf(ids)
         loss.backward()
-        gnorm = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters()
-                                                      if p.grad is not None]))
+        if not first_norm:
+            first_norm.append(torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in model.parameters()
+                                                                    if p.grad is not None])).item())
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
-        return np.float32(loss.item()), np.float32(gnorm.item())
+        return np.float32(loss.item()), np.float32(first_norm[0])
 
     return _train_bench(spec, step_once, versions)
 
@@ -215,6 +285,9 @@ def legacy_hf_flax_bench(spec) -> Bench:
     versions = {**_versions(*JAX_VERSIONS), "transformers": transformers.__version__}
     params = model.params
     if spec["task"] == "decode":
+        if spec["dtype"] != "float32":
+            raise ValueError(f"legacy HF Flax decode is checked on its tokens, which {spec['dtype']} does not "
+                             "keep equal across contenders (`decode_check`): float32 decode workloads only")
         gen = jax.jit(lambda p, x: model.generate(x, params=p, max_new_tokens=spec["new_tokens"], do_sample=False,
                                                   pad_token_id=0, eos_token_id=model.config.vocab_size).sequences)
         return _bench(spec, lambda: np.asarray(gen(params, ids))[:, ids.shape[1]:], lambda t: {"tokens": t}, versions)

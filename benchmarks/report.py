@@ -102,17 +102,28 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _agreement(r) -> str:
+    ag = r.get("agreement_rel_diff")
+    return "-" if ag is None else f"{ag:.1e}"
+
+
 def decoder_table(rows: list[dict]) -> str:
     """Decode: per generated token (a step of every row) and its share of the measured memory
-    bandwidth; prefill / train: tokens/s and MFU against the measured GEMM peak."""
+    bandwidth, and in bf16 the agreement of the forced decode steps' logits (float32 tokens are
+    equal or the run stops); prefill / train: tokens/s and MFU against the measured GEMM peak,
+    and against the device's datasheet peak where the rows have one (GPUs)."""
     base = _base(rows)
     decode = rows[0]["task"] == "decode"
+    forced = decode and rows[0]["dtype"] != "float32"
+    datasheet = any(r.get("datasheet_mfu") is not None for r in rows)
     if decode:
         head = ("| contender | ms / token | tokens/s | call (s) | min-max (s) | vs " + base["label"] +
-                " | bytes / step (MB) | of bandwidth | first call - steady (s) | max RSS (MiB) |")
+                " | bytes / step (MB) | of bandwidth | first call - steady (s) | max RSS (MiB) |" +
+                (" agreement (rel) |" if forced else ""))
     else:
-        head = ("| contender | step (s) | min-max (s) | tokens/s | vs " + base["label"] +
-                " | MFU | first call - steady (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
+        head = ("| contender | step (s) | min-max (s) | tokens/s | vs " + base["label"] + " | MFU |" +
+                (" MFU (datasheet) |" if datasheet else "") +
+                " first call - steady (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in sorted(rows, key=lambda r: r["median_s"]):
         common = f"{base['median_s'] / r['median_s']:.2f}x"
@@ -120,14 +131,15 @@ def decoder_table(rows: list[dict]) -> str:
             lines.append(
                 f"| {r['label']} | {r['ms_per_token']:,.1f} | {r['throughput']:,.1f} | {r['median_s']:,.2f} | "
                 f"{r['min_s']:,.2f}-{r['max_s']:,.2f} | {common} | {r['decode_bytes_per_step'] / 1e6:,.0f} | "
-                f"{_pct(r.get('bandwidth_fraction'))} | {r['compile_s']:.1f} | {_mib(r.get('max_rss_bytes'))} |")
+                f"{_pct(r.get('bandwidth_fraction'))} | {r['compile_s']:.1f} | {_mib(r.get('max_rss_bytes'))} |"
+                + (f" {_agreement(r)} |" if forced else ""))
         else:
-            ag = r.get("agreement_rel_diff")
             lines.append(
                 f"| {r['label']} | {r['median_s']:,.2f} | {r['min_s']:,.2f}-{r['max_s']:,.2f} | "
-                f"{r['throughput']:,.0f} | {common} | {_pct(r.get('mfu'))} | {r['compile_s']:.1f} | "
-                f"{_mib(r.get('xla_peak_bytes'))} | {_mib(r.get('max_rss_bytes'))} | "
-                f"{'-' if ag is None else f'{ag:.1e}'} |")
+                f"{r['throughput']:,.0f} | {common} | {_pct(r.get('mfu'))} |"
+                + (f" {_pct(r.get('datasheet_mfu'))} |" if datasheet else "")
+                + f" {r['compile_s']:.1f} | {_mib(r.get('xla_peak_bytes'))} | {_mib(r.get('max_rss_bytes'))} | "
+                f"{_agreement(r)} |")
     return "\n".join(lines)
 
 
@@ -141,7 +153,8 @@ def failed_line(r0: dict) -> str:
 
 
 def limits_line(m: dict) -> str:
-    return (f"measured limits (`benchmarks.machine`, {m['date']}, load avg {m['loadavg'][0]:.1f}): triad "
+    device = f"{m['device_kind']}, " if m.get("device_kind") else ""
+    return (f"measured limits (`benchmarks.machine`, {device}{m['date']}, load avg {m['loadavg'][0]:.1f}): triad "
             f"{m['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s over 3 x {m['triad_gib_per_buffer']:g} GiB, GEMM "
             f"{m['gemm_n']}^2 {m['gemm_float32_flops_per_s'] / 1e9:.0f} GFLOP/s float32, "
             f"{m['gemm_bfloat16_flops_per_s'] / 1e9:.0f} GFLOP/s bfloat16")

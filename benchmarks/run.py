@@ -3,7 +3,9 @@
     python -m benchmarks.run --suite cpu                  # the full CPU suite (~30-40 min on 2 cores)
     python -m benchmarks.run --suite cpu --workloads vit_b16_infer,vit_b16_train --rounds 3
     python -m benchmarks.run --suite cpu --quick          # tiny config, 2 steps, 3 contenders: harness check
+    python -m benchmarks.run --suite gpu --keep-going     # on a GPU: ViT and decoders (Llama-3.2-1B, Qwen3-0.6B), bf16
     python -m benchmarks.run --suite gpu --wheels DIR     # sets up .cache/gpu-venv from DIR's wheels, then runs
+    python -m benchmarks.run --suite gpu --quick --allow-cpu   # its logic on CPU: tiny configs, GPU-only backends dropped
     python -m benchmarks.run --suite llm                  # decoders: greedy decode, prefill, training step
     python -m benchmarks.run --suite llm --workloads llama_decode_b1,llama_decode_b16,llama_prefill
     python -m benchmarks.run --list                       # workloads and contenders
@@ -20,12 +22,15 @@ the README's summary of them are regenerated from the latest run of each workloa
 average is recorded before and after each workload, since other processes may compete for the
 cores.
 
-`--suite llm` (decoders) first measures the host's limits in a process of its own
-(`benchmarks.machine`: triad memory bandwidth, float32 and bf16 GEMM peak) and records them as a
-JSON line; each decoder row then carries its share of them: a decode row the bytes a step must
-read (`workloads.decode_bytes_per_step`) x steps/s over the measured bandwidth, a prefill or
-training row its model FLOP/s (`workloads.decoder_flops`) over the measured GEMM peak of its
-dtype. Generated tokens must be identical across contenders (exactly, not within a tolerance).
+Before its first decoder workload (`--suite llm`, and the decoders of `--suite gpu`), a run
+measures the host's limits in a process of its own (`benchmarks.machine`: triad memory
+bandwidth, float32 and bf16 GEMM peak; the GPU's, on a GPU) and records them as a JSON line;
+each decoder row then carries its share of them: a decode row the bytes a step must read
+(`workloads.decode_bytes_per_step`) x steps/s over the measured bandwidth, a prefill or training
+row its model FLOP/s (`workloads.decoder_flops`) over the measured GEMM peak of its dtype (and,
+on a GPU, over its datasheet peak). float32 generated tokens must be identical across
+contenders (exactly, not within a tolerance); bf16 decodes are compared on forced steps' logits
+(`benchmarks.llm.decode_check`).
 """
 
 from __future__ import annotations
@@ -120,10 +125,14 @@ def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
 
     from jimm_nnx.reference import build_reference, build_vit_reference, random_images, random_text
 
-    if w.decoder:  # seeded random weights (every tensor, `randomize_`) and token ids
+    if w.decoder:  # seeded random weights (every tensor, `randomize_`), token ids, the decode check's forced ones
+        from benchmarks.llm import CHECK_DECODE_STEPS
+
         build_reference(w.model, dict(w.hf_config), directory / "ckpt", seed=seed)
-        ids = np.random.RandomState(seed + 1).randint(0, w.hf_config["vocab_size"], (w.batch, w.seq))
-        np.savez(directory / "tokens.npz", ids=ids.astype(np.int32))
+        rs = np.random.RandomState(seed + 1)
+        ids = rs.randint(0, w.hf_config["vocab_size"], (w.batch, w.seq))
+        forced = rs.randint(0, w.hf_config["vocab_size"], (w.batch, CHECK_DECODE_STEPS))
+        np.savez(directory / "tokens.npz", ids=ids.astype(np.int32), forced=forced.astype(np.int32))
         return
     if w.model == "clip":  # a CLIPModel, NCHW images and (input_ids, attention_mask) for as many texts
         model = build_reference("clip", dict(w.hf_config), directory / "ckpt", seed=seed)
@@ -139,11 +148,13 @@ def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
     np.save(directory / "labels.npy", np.random.RandomState(seed + 1).randint(0, cfg["num_labels"], w.batch))
 
 
-def decoder_metrics(w: Workload, step_s: float, limits: dict | None) -> dict:
+def decoder_metrics(w: Workload, step_s: float, limits: dict | None, datasheet_peak: float | None = None) -> dict:
     """A decoder row's throughput and its share of the host's measured limits (`limits`: the
     run's `benchmarks.machine` row). Decode: one step is one generate call of `new_tokens`
     decode steps (its prefill included, so the per-token numbers are a lower bound on the
-    decode loop's speed); prefill / train: MFU = model FLOP/s over the GEMM peak of the dtype."""
+    decode loop's speed); prefill / train: MFU = model FLOP/s over the measured GEMM peak of the
+    dtype, and `datasheet_mfu` over `datasheet_peak` (the device's dense bf16 peak,
+    `workloads.peak_flops`: what the ViT GPU rows' `mfu` is over) where there is one."""
     out = {}
     if w.task == "decode":
         steps_per_s = w.new_tokens / step_s
@@ -156,6 +167,8 @@ def decoder_metrics(w: Workload, step_s: float, limits: dict | None) -> dict:
         out.update(throughput=w.batch * w.seq / step_s, throughput_unit="tokens/s")
         if limits:
             out["mfu"] = w.flops() / step_s / limits[f"gemm_{w.dtype}_flops_per_s"]
+        if datasheet_peak:
+            out["datasheet_mfu"] = w.flops() / step_s / datasheet_peak
     if limits:
         out["limits_run_id"] = limits["run_id"]
     return out
@@ -260,11 +273,12 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path, limits: dict | None 
                        load_s=statistics.median(x["load_s"] for x in rs),
                        minor_faults_per_step=statistics.median(x.get("minor_faults_per_step", 0) for x in rs))
             kind = rs[0].get("device_kind")
-            if kind and peak_flops(kind) and flops:
-                row.update(device_kind=kind, mfu=flops / med / peak_flops(kind))
+            peak = peak_flops(kind) if kind and w.dtype == "bfloat16" else None  # a bf16 datasheet peak
             if w.decoder:
-                row.update(decoder_metrics(w, med, limits), seq=w.seq, new_tokens=w.new_tokens,
-                           first_call_s=statistics.median(x["first_call_s"] for x in rs))
+                row.update(decoder_metrics(w, med, limits, peak), device_kind=kind, seq=w.seq,
+                           new_tokens=w.new_tokens, first_call_s=statistics.median(x["first_call_s"] for x in rs))
+            elif peak and flops:
+                row.update(device_kind=kind, mfu=flops / med / peak)
         rows.append(row)
     return rows
 
@@ -325,19 +339,18 @@ def main(argv=None) -> int:
     suite = {"cpu": cpu_suite, "gpu": gpu_suite, "llm": llm_suite}[args.suite](args.quick)
     if args.list:
         for w in suite:
-            print(f"{w.name:28s} {w.task:8s} {w.status:8s} {', '.join(e.name for e in w.entries)} {w.note}")
+            print(f"{w.name:32s} {w.task:8s} {w.status:8s} {', '.join(e.name for e in w.entries)} {w.note}")
         return 0
     wanted = [n for n in args.workloads.split(",") if n]
     unknown = set(wanted) - {w.name for w in suite}
     if unknown:
         raise SystemExit(f"unknown workloads {sorted(unknown)}; --list shows them")
     if args.suite == "gpu":
-        import jax
-
-        if jax.default_backend() != "gpu" and not args.allow_cpu:
-            raise SystemExit(f"--suite gpu needs a GPU (jax sees {jax.default_backend()}); --allow-cpu --quick "
+        backend = jax_backend()
+        if backend != "gpu" and not args.allow_cpu:
+            raise SystemExit(f"--suite gpu needs a GPU (jax sees {backend}); --allow-cpu --quick "
                              "runs its logic on CPU")
-        if jax.default_backend() != "gpu":
+        if backend != "gpu":
             suite = [_on_cpu(w) for w in suite]
 
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -365,6 +378,17 @@ def main(argv=None) -> int:
     if not args.no_docs and all_rows:
         report.update_docs(args.results, args.tables, args.readme)
     return 0
+
+
+def jax_backend() -> str:
+    """`jax.default_backend()`, asked in a process of its own: starting JAX's GPU client here
+    would hold 75% of the GPU's memory (XLA preallocates it) for the whole run, under every
+    contender's process."""
+    proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
+                          text=True, cwd=REPO_ROOT, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"asking jax for its backend failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.split()[-1]
 
 
 def _on_cpu(w: Workload) -> Workload:

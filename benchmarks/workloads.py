@@ -163,6 +163,14 @@ TINY_LLAMA = dict(LLAMA_336M, hidden_size=32, num_hidden_layers=2, num_attention
                   intermediate_size=64, vocab_size=128, max_position_embeddings=64)
 TINY_QWEN3 = dict(QWEN3_06B, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   head_dim=16, intermediate_size=64, vocab_size=128, max_position_embeddings=64)
+# Llama-3.2-1B's real sizes (1.24B parameters, tied embeddings, head_dim 64, llama3 RoPE scaling).
+LLAMA32_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                  intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+                  rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                    original_max_position_embeddings=8192),
+                  rms_norm_eps=1e-5, tie_word_embeddings=True)
+TINY_LLAMA32 = dict(LLAMA32_1B, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    head_dim=8, intermediate_size=64, vocab_size=128, max_position_embeddings=64)
 DECODE_CONTENDERS = ("hf_torch_eager", "hf_torch_compile", "jimm_linen", "jimm_nnx", "legacy_hf_flax")
 TRAIN_CONTENDERS = ("hf_torch_eager", "jimm_linen", "legacy_hf_flax")
 
@@ -245,12 +253,19 @@ def decode_bytes_per_step(cfg: dict[str, Any], batch: int, seq: int, new_tokens:
     return float(dtype_bytes * (decoder_matmul_params(cfg) + cache))
 
 
+def _backends(label: str = "jimm_linen") -> tuple[Entry, ...]:
+    """jimm_linen once per tokamax GPU backend (`make_tokamax_attention(name)`)."""
+    return tuple(Entry("jimm_linen", f"{label}+{b}", dict(attention=b)) for b in TOKAMAX_GPU_BACKENDS)
+
+
 def gpu_suite(quick: bool = False) -> list[Workload]:
+    """bf16 on one GPU: ViT-B/16 and ViT-L/16 training, ViT-B/16 inference, every tokamax
+    backend on the ViT forward, then `gpu_decoder_workloads`. `--quick`: tiny configs."""
     b16, l16 = (TINY, TINY) if quick else (VIT_B16, VIT_L16)
     dev = dict(device="cuda")
     train_batch = 2 if quick else 128
     infer_batch = 2 if quick else 256
-    backends = tuple(Entry("jimm_linen", f"jimm_linen+{b}", dict(attention=b)) for b in TOKAMAX_GPU_BACKENDS)
+    backends = _backends()
     return [
         Workload("gpu_vit_b16_train_bf16", "train", b16, train_batch, "bfloat16",
                  (Entry("jimm_linen"), Entry("hf_torch_sdpa_compile", options=dev)), reference="hf_torch_sdpa_compile"),
@@ -261,7 +276,46 @@ def gpu_suite(quick: bool = False) -> list[Workload]:
                  reference="hf_torch_sdpa_compile"),
         Workload("gpu_attention_backends_bf16", "infer", b16, infer_batch, "bfloat16",
                  (Entry("jimm_linen", "jimm_linen+default"),) + backends, reference="jimm_linen+default"),
-    ]
+    ] + gpu_decoder_workloads(quick)
+
+
+def gpu_decoder_workloads(quick: bool = False) -> list[Workload]:
+    """bf16 decoders at Llama-3.2-1B's and Qwen3-0.6B's sizes, per family:
+
+    * `train`: 8 x 1024-token training step (MFU);
+    * `prefill`: 8 x 1024-token forward, the default attention and every tokamax backend,
+      checked against the default (jimm_linen);
+    * `decode_b1`: greedy decode of 128 tokens after a 128-token prompt at batch 1 (share of the
+      measured memory bandwidth);
+    * `decode_b64`: the same at batch 64 (throughput), the default attention and every backend
+      on the decode steps, checked against the default.
+
+    Contenders beside jimm_linen: HF PyTorch on the GPU, eager and compiled (decode: static
+    cache + `torch.compile`), and jimm_nnx where its program is not jimm_linen's own (prefill, and
+    batch-1 decode, where its per-call overhead shows). One round; a decode call is a timed step.
+    `--quick`: the tiny configs, 2 x 16 tokens, 8 + 8 tokens at batch 1 and 4."""
+    seq, prompt, new = (16, 8, 8) if quick else (1024, 128, 128)
+    batch, wide = (2, 4) if quick else (8, 64)
+    dev = dict(device="cuda")
+    hf = (Entry("hf_torch_eager", options=dev), Entry("hf_torch_compile", options=dev))
+    out = []
+    for family, name, cfg in (("llama", "llama32_1b", TINY_LLAMA32 if quick else LLAMA32_1B),
+                              ("qwen3", "qwen3_06b", TINY_QWEN3 if quick else QWEN3_06B)):
+        common = dict(model=family, rounds=1)
+        out += [
+            Workload(f"gpu_{name}_train_bf16", "train", cfg, batch, "bfloat16", (Entry("jimm_linen"),) + hf,
+                     seq=seq, steps=5, warmup=1, **common),
+            Workload(f"gpu_{name}_prefill_bf16", "prefill", cfg, batch, "bfloat16",
+                     (Entry("jimm_linen"), Entry("jimm_nnx")) + _backends() + hf, reference="jimm_linen",
+                     seq=seq, steps=5, warmup=1, **common),
+            Workload(f"gpu_{name}_decode_b1_bf16", "decode", cfg, 1, "bfloat16",
+                     (Entry("jimm_linen"), Entry("jimm_nnx")) + hf, seq=prompt, new_tokens=new, steps=3, warmup=0,
+                     **common),
+            Workload(f"gpu_{name}_decode_b64_bf16", "decode", cfg, wide, "bfloat16",
+                     (Entry("jimm_linen"),) + _backends() + hf, reference="jimm_linen", seq=prompt, new_tokens=new,
+                     steps=3, warmup=0, **common),
+        ]
+    return out
 
 
 def vit_flops(cfg: dict[str, Any], batch: int, train: bool) -> float:

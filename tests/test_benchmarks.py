@@ -212,6 +212,108 @@ def test_gpu_suite_covers_every_backend_and_runs_its_logic_on_cpu(tmp_path):
     assert all(r["dtype"] == "bfloat16" and r["agreement_rel_diff"] <= workloads.AGREE_RTOL["bfloat16"] for r in rows)
 
 
+def test_gpu_decoder_workloads_cover_every_backend_on_prefill_and_decode():
+    decoders = [w for w in workloads.gpu_suite() if w.decoder]
+    assert {w.model for w in decoders} == {"llama", "qwen3"}
+    for family in ("llama", "qwen3"):
+        mine = [w for w in decoders if w.model == family]
+        assert {w.task for w in mine} == {"train", "prefill", "decode"}
+        assert {w.batch for w in mine if w.task == "decode"} >= {1, 64}
+        for task in ("prefill", "decode"):
+            with_backends = [w for w in mine if w.task == task and any("attention" in e.options for e in w.entries)]
+            assert len(with_backends) == 1, (family, task)
+            w = with_backends[0]
+            assert {e.options.get("attention") for e in w.entries if e.contender == "jimm_linen"} == \
+                {None, *workloads.TOKAMAX_GPU_BACKENDS}
+            ref = next(e for e in w.entries if e.name == w.reference)
+            assert ref.contender == "jimm_linen" and "attention" not in ref.options  # checked against the default
+        assert all({"jimm_linen", "hf_torch_eager", "hf_torch_compile"} <= {e.contender for e in w.entries}
+                   for w in mine)
+    # Every workload at one model's sizes: Llama-3.2-1B's published parameter count, 1,235,814,400.
+    import copy
+
+    import torch
+    import transformers
+
+    with torch.device("meta"):  # a copy: transformers fills the rope_scaling dict in place
+        llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**copy.deepcopy(workloads.LLAMA32_1B)))
+    assert sum(p.numel() for p in llama.parameters()) == 1_235_814_400
+    assert {json.dumps(w.hf_config, sort_keys=True) for w in decoders} == {
+        json.dumps(c, sort_keys=True) for c in (workloads.LLAMA32_1B, workloads.QWEN3_06B)}
+
+
+def test_bf16_decode_check_is_forced_steps_through_the_cache(tmp_path):
+    """float32: the generated tokens; bfloat16: the prompt, then each forced token alone,
+    through one cache sized for them, and the last position's logits after each."""
+    from benchmarks import llm
+
+    ids = np.arange(6, dtype=np.int32).reshape(2, 3)
+    forced = 10 + np.arange(2 * llm.CHECK_DECODE_STEPS, dtype=np.int32).reshape(2, -1)
+    np.savez(tmp_path / "tokens.npz", ids=ids, forced=forced)
+    seen, made = [], []
+
+    def step(x, cache):
+        seen.append(x)
+        return np.full((2, 5), float(len(seen)), np.float32), cache + [x.shape[1]]
+
+    def new_cache(batch, length):
+        made.append((batch, length))
+        return []
+
+    tokens = np.ones((2, 4), np.int32)
+    spec = dict(tokens=str(tmp_path / "tokens.npz"), dtype="float32")
+    assert llm.decode_check(spec, tokens, step, new_cache) == {"tokens": tokens} and not seen
+    out = llm.decode_check(dict(spec, dtype="bfloat16"), tokens, step, new_cache)
+    assert list(out) == ["forced_logits"] and out["forced_logits"].shape == (2, 1 + llm.CHECK_DECODE_STEPS, 5)
+    assert made == [(2, 3 + llm.CHECK_DECODE_STEPS)]
+    np.testing.assert_array_equal(seen[0], ids)
+    for i, x in enumerate(seen[1:]):
+        np.testing.assert_array_equal(x, forced[:, i:i + 1])
+    np.testing.assert_array_equal(out["forced_logits"][0, :, 0], np.arange(1, 2 + llm.CHECK_DECODE_STEPS))
+
+
+def test_a_tiny_gpu_decode_workload_runs_its_logic_on_cpu(tmp_path):
+    """`--suite gpu --quick --allow-cpu` on the batch-64 decode workload (batch 4 here): the
+    GPU-only backends dropped, the rest run, HF on the CPU; the bf16 check compares the forced
+    steps' logits (floats: HF's differ from jimm's by rounding, which tokens would not show)."""
+    name = "gpu_llama32_1b_decode_b64_bf16"
+    w = next(w for w in workloads.gpu_suite(quick=True) if w.name == name)
+    on_cpu = run._on_cpu(w)
+    assert all("device" not in e.options for e in on_cpu.entries)
+    expected = [e.name for e in on_cpu.entries if e.contender in ("jimm_linen", "hf_torch_eager")]
+    assert expected == ["jimm_linen", "jimm_linen+xla_chunked", "jimm_linen+xla", "hf_torch_eager"]
+    results = tmp_path / "g.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--suite", "gpu", "--quick", "--allow-cpu",
+                           "--workloads", name, "--contenders", "jimm_linen,hf_torch_eager", "--results",
+                           str(results), "--no-docs"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "outputs agree with jimm_linen" in proc.stdout
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert rows[0]["workload"] == "machine" and rows[0]["device_kind"] == "cpu"
+    assert [r["label"] for r in rows[1:]] == expected
+    for r in rows[1:]:
+        assert r["dtype"] == "bfloat16" and r["batch"] == w.batch and r["new_tokens"] == w.new_tokens
+        assert r["agreement_rel_diff"] <= workloads.AGREE_RTOL["bfloat16"]
+        assert r["bandwidth_fraction"] > 0 and r["limits_run_id"] == rows[0]["run_id"]
+    by = {r["label"]: r for r in rows[1:]}
+    assert by["jimm_linen"]["agreement_rel_diff"] == 0 and by["hf_torch_eager"]["agreement_rel_diff"] > 0
+    assert "| agreement (rel) |" in report.decoder_table(rows[1:])
+
+
+def test_decoder_rows_on_a_gpu_carry_mfu_against_the_measured_and_the_datasheet_peak():
+    w = next(w for w in workloads.gpu_suite() if w.name == "gpu_llama32_1b_train_bf16")
+    limits = {"run_id": "m", "bandwidth_bytes_per_s": 3e12, "gemm_bfloat16_flops_per_s": 8e14}
+    peak = workloads.peak_flops("NVIDIA H100 80GB HBM3")
+    out = run.decoder_metrics(w, 0.5, limits, peak)
+    assert out["mfu"] == pytest.approx(w.flops() / 0.5 / 8e14)
+    assert out["datasheet_mfu"] == pytest.approx(w.flops() / 0.5 / peak)
+    assert "datasheet_mfu" not in run.decoder_metrics(w, 0.5, limits)
+    row = dict(out, label="jimm_linen", median_s=0.5, min_s=0.5, max_s=0.5, compile_s=1.0, task="train",
+               dtype="bfloat16")
+    assert "| MFU | MFU (datasheet) |" in report.decoder_table([row])
+
+
 def test_the_committed_moe_table_is_the_latest_run():
     from benchmarks import moe
 

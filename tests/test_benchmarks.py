@@ -348,7 +348,9 @@ def test_quick_decoder_suite_checks_tokens_and_records_its_share_of_the_measured
     suite = {w.name: w for w in workloads.llm_suite(quick=True)}
     for r in rows[1:]:
         w = suite[r["workload"]]
-        assert r["limits_run_id"] == limits["run_id"] == r["run_id"] and r["agreement_rel_diff"] == 0
+        assert r["limits_run_id"] == limits["run_id"] == r["run_id"]
+        # Tokens equal; a training step's loss and gradient norm within float32 rounding of HF's.
+        assert r["agreement_rel_diff"] <= (0 if r["task"] == "decode" else workloads.AGREE_RTOL["float32"])
         # Timings carry no order: a tiny decode's first call can beat the median (host noise).
         assert r["compile_s"] >= 0 and r["first_call_s"] > 0 and r["max_rss_bytes"] > 0
         if r["task"] == "decode":

@@ -60,7 +60,10 @@ def test_derivatives_agree_with_finite_differences_to_second_order(fn):
 
 
 def _traced_softmax(x):
-    return jax.nn.softmax(x, axis=-1)  # autodiff through exp / sum / divide (the default flag)
+    # Autodiff through exp / sum / divide: `jax.nn.softmax` is that on jax < 0.12 only (0.12 turns
+    # its `jax_softmax_custom_jvp` flag on by default, giving it a stated derivative like ours).
+    unnormalized = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
+    return unnormalized / unnormalized.sum(-1, keepdims=True)
 
 
 def _traced_standardize(x):

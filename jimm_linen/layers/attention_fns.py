@@ -66,9 +66,10 @@ def softmax(x: jax.Array) -> jax.Array:
     """Softmax over the last axis with the same forward values as `jax.nn.softmax`.
 
     `jax.nn.softmax` is traced through unless the global `jax_softmax_custom_jvp` flag is on
-    (off by default, and a library must not flip it), so the backward pass keeps the
-    unnormalised exponentials and their sums next to the probabilities: one more [B, N, T, S]
-    tensor per layer. The stated derivative needs only the output.
+    (off by default before jax 0.12, and a library must not flip it), so the backward pass keeps
+    the unnormalised exponentials and their sums next to the probabilities: one more [B, N, T, S]
+    tensor per layer. The stated derivative needs only the output; from jax 0.12 it is also
+    `jax.nn.softmax`'s default.
     """
     unnormalized = jnp.exp(x - lax.stop_gradient(x.max(-1, keepdims=True)))
     return unnormalized / unnormalized.sum(-1, keepdims=True)

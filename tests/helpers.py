@@ -63,7 +63,9 @@ def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeou
     import pytest
 
     port = str(free_port())
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+    # LLVM optimisation level 0, as in the suite (`conftest.py`): compiles are most of the job.
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     deadline = time.monotonic() + timeout
     with contextlib.ExitStack() as stack:

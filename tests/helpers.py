@@ -63,8 +63,10 @@ def processes(script: Path, args: list, count: int = 2, devices: int = 4, timeou
     import pytest
 
     port = str(free_port())
-    # LLVM optimisation level 0, as in the suite (`conftest.py`): compiles are most of the job.
-    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    # The suite's XLA flags (`conftest.py`: LLVM optimisation level 0), with `devices` devices.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     deadline = time.monotonic() + timeout

@@ -5,7 +5,9 @@ Tasks, on the token ids in `spec["tokens"]` (an .npz with `ids [B, seq]` and, fo
 check, `forced [B, CHECK_DECODE_STEPS]`, int32):
 
 * `decode`: greedy generation of exactly `new_tokens` tokens after the `ids` prompt (no EOS, no
-  padding); one step = one whole generate call (its prefill included); checked (`decode_check`):
+  padding); one step = one whole generate call (its prefill included), and the same call for one
+  new token is timed as well (`Bench.first_token`), so that a row can show the decode loop's
+  steady step apart from the prefill and a call's fixed costs; checked (`decode_check`):
   in float32 the new tokens, which must be identical across contenders; in bfloat16 the logits of
   `forced` tokens decoded one at a time through the KV cache after the prompt.
 * `prefill`: the whole forward over `ids`, every position's logits `[B, seq, V]` computed and
@@ -93,6 +95,14 @@ def _bench(spec, run_once, check, versions) -> Bench:
     return Bench(_first_call_timer(step), step, lambda: check(state["out"]), versions)
 
 
+def _decode_bench(spec, generate, check, versions) -> Bench:
+    """`generate(n) -> the n new tokens [B, n]` run to completion: one step is
+    `generate(new_tokens)`, `first_token` is `generate(1)`."""
+    bench = _bench(spec, lambda: generate(spec["new_tokens"]), check, versions)
+    bench.first_token = lambda: generate(1)
+    return bench
+
+
 def _train_bench(spec, step_once, versions) -> Bench:
     """`step_once() -> (loss, grad_norm)`; only the first step's are kept, for the check."""
     state = {}
@@ -120,9 +130,8 @@ def jimm_linen_bench(spec) -> Bench:
         param_dtype=_param_dtype(spec), scan=spec.get("scan", True), remat_policy=spec.get("remat", "none"))
     versions = _versions(*JAX_VERSIONS)
     if spec["task"] == "decode":
-        def run_once():
-            out = jimm_linen.generate(module, variables, ids, max_new_tokens=spec["new_tokens"], eos_token_id=[],
-                                      pad_token_id=0)
+        def generate(n):
+            out = jimm_linen.generate(module, variables, ids, max_new_tokens=n, eos_token_id=[], pad_token_id=0)
             return np.asarray(out.sequences)[:, ids.shape[1]:]
 
         apply = jax.jit(lambda v, x, c: module.apply(v, x, cache=c, logits_to_keep=1))
@@ -131,7 +140,7 @@ def jimm_linen_bench(spec) -> Bench:
             logits, cache = apply(variables, jnp.asarray(x), cache)
             return np.asarray(logits[:, -1], np.float32), cache
 
-        return _bench(spec, run_once, lambda t: decode_check(spec, t, step, module.init_cache), versions)
+        return _decode_bench(spec, generate, lambda t: decode_check(spec, t, step, module.init_cache), versions)
     if spec["task"] == "prefill":
         fwd = jax.jit(lambda v, x: module.apply(v, x))
         return _bench(spec, lambda: jax.block_until_ready(fwd(variables, ids)), _prefill_check, versions)
@@ -164,15 +173,15 @@ def jimm_nnx_bench(spec) -> Bench:
                                            param_dtype=_param_dtype(spec), scan=spec.get("scan", True))
     versions = _versions(*JAX_VERSIONS)
     if spec["task"] == "decode":
-        def run_once():
-            out = lm.generate(ids, max_new_tokens=spec["new_tokens"], eos_token_id=[], pad_token_id=0)
+        def generate(n):
+            out = lm.generate(ids, max_new_tokens=n, eos_token_id=[], pad_token_id=0)
             return np.asarray(out.sequences)[:, ids.shape[1]:]
 
         def step(x, cache):
             logits, cache = lm(jnp.asarray(x), cache=cache)
             return np.asarray(logits[:, -1], np.float32), cache
 
-        return _bench(spec, run_once, lambda t: decode_check(spec, t, step, lm.init_cache), versions)
+        return _decode_bench(spec, generate, lambda t: decode_check(spec, t, step, lm.init_cache), versions)
     return _bench(spec, lambda: jax.block_until_ready(lm(ids)), _prefill_check, versions)
 
 
@@ -203,8 +212,7 @@ def _torch_bench(spec, compiled: bool) -> Bench:
     if spec["task"] == "decode":
         model.eval()
         model.generation_config.eos_token_id = None  # every row runs to new_tokens
-        gen_kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=spec["new_tokens"], do_sample=False,
-                      pad_token_id=0)
+        gen_kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
         if compiled:
             cuda = device.startswith("cuda")
             cc = transformers.CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda else "default")
@@ -212,9 +220,9 @@ def _torch_bench(spec, compiled: bool) -> Bench:
                 cc._compile_all_devices = True
             gen_kw.update(cache_implementation="static", compile_config=cc)
 
-        def run_once():
+        def generate(n):
             with torch.inference_mode():
-                out = model.generate(ids, **gen_kw)
+                out = model.generate(ids, max_new_tokens=n, **gen_kw)
             sync()
             return out[:, ids.shape[1]:].cpu().numpy().astype(np.int32)
 
@@ -227,7 +235,7 @@ def _torch_bench(spec, compiled: bool) -> Bench:
         def new_cache(batch, length):
             return transformers.DynamicCache(config=model.config)
 
-        return _bench(spec, run_once, lambda t: decode_check(spec, t, step, new_cache), versions)
+        return _decode_bench(spec, generate, lambda t: decode_check(spec, t, step, new_cache), versions)
     if spec["task"] == "prefill":
         model.eval()
         fwd = torch.compile(model) if compiled else model
@@ -288,9 +296,11 @@ def legacy_hf_flax_bench(spec) -> Bench:
         if spec["dtype"] != "float32":
             raise ValueError(f"legacy HF Flax decode is checked on its tokens, which {spec['dtype']} does not "
                              "keep equal across contenders (`decode_check`): float32 decode workloads only")
-        gen = jax.jit(lambda p, x: model.generate(x, params=p, max_new_tokens=spec["new_tokens"], do_sample=False,
-                                                  pad_token_id=0, eos_token_id=model.config.vocab_size).sequences)
-        return _bench(spec, lambda: np.asarray(gen(params, ids))[:, ids.shape[1]:], lambda t: {"tokens": t}, versions)
+        gen = jax.jit(lambda p, x, n: model.generate(x, params=p, max_new_tokens=n, do_sample=False, pad_token_id=0,
+                                                     eos_token_id=model.config.vocab_size).sequences,
+                      static_argnums=2)
+        return _decode_bench(spec, lambda n: np.asarray(gen(params, ids, n))[:, ids.shape[1]:],
+                             lambda t: {"tokens": t}, versions)
 
     def logits_of(p, x):
         return model(x, params=p, train=False).logits

@@ -108,30 +108,41 @@ def _agreement(r) -> str:
 
 
 def decoder_table(rows: list[dict]) -> str:
-    """Decode: per generated token (a step of every row) and its share of the measured memory
-    bandwidth, and in bf16 the agreement of the forced decode steps' logits (float32 tokens are
-    equal or the run stops); prefill / train: tokens/s and MFU against the measured GEMM peak,
-    and against the device's datasheet peak where the rows have one (GPUs)."""
+    """Decode: the decode loop's steady step (a whole call minus a one-token call, per further
+    token) and its share of the measured memory bandwidth, the one-token call (prefill, first
+    step, the call's fixed costs), the whole call per token, and in bf16 the agreement of the
+    forced decode steps' logits (float32 tokens are equal or the run stops); rows recorded
+    before steady steps were timed show "-" there and their share per whole-call token.
+    Prefill / train: tokens/s and MFU against the measured GEMM peak, and against the device's
+    datasheet peak where the rows have one (GPUs)."""
     base = _base(rows)
     decode = rows[0]["task"] == "decode"
     forced = decode and rows[0]["dtype"] != "float32"
     datasheet = any(r.get("datasheet_mfu") is not None for r in rows)
     if decode:
-        head = ("| contender | ms / token | tokens/s | call (s) | min-max (s) | vs " + base["label"] +
-                " | bytes / step (MB) | of bandwidth | first call - steady (s) | max RSS (MiB) |" +
-                (" agreement (rel) |" if forced else ""))
+        head = ("| contender | ms / step | of bandwidth | vs " + base["label"] + " (step) | first token (s) | "
+                "ms / token (call) | call min-max (s) | vs " + base["label"] + " (call) | bytes / step (MB) | "
+                "first call - steady (s) | max RSS (MiB) |" + (" agreement (rel) |" if forced else ""))
     else:
         head = ("| contender | step (s) | min-max (s) | tokens/s | vs " + base["label"] + " | MFU |" +
                 (" MFU (datasheet) |" if datasheet else "") +
                 " first call - steady (s) | XLA peak (MiB) | max RSS (MiB) | agreement (rel) |")
     lines = [head, "|" + "---|" * head.count(" |")]
-    for r in sorted(rows, key=lambda r: r["median_s"]):
+
+    def steady(r):
+        return r.get("decode_step_s") or r["median_s"]
+
+    for r in sorted(rows, key=steady if decode else (lambda r: r["median_s"])):
         common = f"{base['median_s'] / r['median_s']:.2f}x"
         if decode:
+            step = r.get("decode_step_s")
+            vs_step = "-" if not (step and base.get("decode_step_s")) else f"{base['decode_step_s'] / step:.2f}x"
+            first = r.get("first_token_s")
             lines.append(
-                f"| {r['label']} | {r['ms_per_token']:,.1f} | {r['throughput']:,.1f} | {r['median_s']:,.2f} | "
-                f"{r['min_s']:,.2f}-{r['max_s']:,.2f} | {common} | {r['decode_bytes_per_step'] / 1e6:,.0f} | "
-                f"{_pct(r.get('bandwidth_fraction'))} | {r['compile_s']:.1f} | {_mib(r.get('max_rss_bytes'))} |"
+                f"| {r['label']} | {'-' if not step else f'{step * 1e3:,.1f}'} | "
+                f"{_pct(r.get('bandwidth_fraction'))} | {vs_step} | {'-' if first is None else f'{first:,.2f}'} | "
+                f"{r['ms_per_token']:,.1f} | {r['min_s']:,.2f}-{r['max_s']:,.2f} | {common} | "
+                f"{r['decode_bytes_per_step'] / 1e6:,.0f} | {r['compile_s']:.1f} | {_mib(r.get('max_rss_bytes'))} |"
                 + (f" {_agreement(r)} |" if forced else ""))
         else:
             lines.append(

@@ -26,7 +26,8 @@ Before its first decoder workload (`--suite llm`, and the decoders of `--suite g
 measures the host's limits in a process of its own (`benchmarks.machine`: triad memory
 bandwidth, float32 and bf16 GEMM peak; the GPU's, on a GPU) and records them as a JSON line;
 each decoder row then carries its share of them: a decode row the bytes a step must read
-(`workloads.decode_bytes_per_step`) x steps/s over the measured bandwidth, a prefill or training
+(`workloads.decode_bytes_per_step`) x steady steps/s (a whole call minus a one-token call, per
+further token) over the measured bandwidth, a prefill or training
 row its model FLOP/s (`workloads.decoder_flops`) over the measured GEMM peak of its dtype (and,
 on a GPU, over its datasheet peak). float32 generated tokens must be identical across
 contenders (exactly, not within a tolerance); bf16 decodes are compared on forced steps' logits
@@ -148,19 +149,31 @@ def build_checkpoint(w: Workload, directory: Path, seed: int = 0) -> None:
     np.save(directory / "labels.npy", np.random.RandomState(seed + 1).randint(0, cfg["num_labels"], w.batch))
 
 
-def decoder_metrics(w: Workload, step_s: float, limits: dict | None, datasheet_peak: float | None = None) -> dict:
+def decoder_metrics(w: Workload, step_s: float, limits: dict | None, datasheet_peak: float | None = None,
+                    first_token_s: float | None = None) -> dict:
     """A decoder row's throughput and its share of the host's measured limits (`limits`: the
     run's `benchmarks.machine` row). Decode: one step is one generate call of `new_tokens`
-    decode steps (its prefill included, so the per-token numbers are a lower bound on the
-    decode loop's speed); prefill / train: MFU = model FLOP/s over the measured GEMM peak of the
-    dtype, and `datasheet_mfu` over `datasheet_peak` (the device's dense bf16 peak,
-    `workloads.peak_flops`: what the ViT GPU rows' `mfu` is over) where there is one."""
+    decode steps, its prefill included (`ms_per_token`, `throughput`: per token of the whole
+    call); with `first_token_s`, the same call for one new token (prefill, the first step and
+    the call's fixed costs), the decode loop's steady step is `decode_step_s` = (call -
+    first_token_s) / (new_tokens - 1), and `bandwidth_fraction` is the bytes a step must read
+    (`workloads.decode_bytes_per_step`) per steady step over the measured bandwidth (without
+    it, per whole-call token: a lower bound); prefill / train: MFU = model FLOP/s over the
+    measured GEMM peak of the dtype, and `datasheet_mfu` over `datasheet_peak` (the device's
+    dense bf16 peak, `workloads.peak_flops`: what the ViT GPU rows' `mfu` is over) where there
+    is one."""
     out = {}
     if w.task == "decode":
         steps_per_s = w.new_tokens / step_s
         out.update(throughput=w.batch * steps_per_s, throughput_unit="tokens/s", ms_per_token=1e3 / steps_per_s,
                    decode_bytes_per_step=decode_bytes_per_step(w.hf_config, w.batch, w.seq, w.new_tokens,
                                                                2 if w.dtype == "bfloat16" else 4))
+        if first_token_s is not None:
+            out["first_token_s"] = first_token_s
+            # On a tiny model host noise can make the one-token call the slower: no steady step then.
+            if w.new_tokens > 1 and step_s > first_token_s:
+                out["decode_step_s"] = (step_s - first_token_s) / (w.new_tokens - 1)
+                steps_per_s = 1 / out["decode_step_s"]
         if limits:
             out["bandwidth_fraction"] = out["decode_bytes_per_step"] * steps_per_s / limits["bandwidth_bytes_per_s"]
     else:
@@ -275,7 +288,9 @@ def run_workload(w: Workload, args, run_id: str, tmp: Path, limits: dict | None 
             kind = rs[0].get("device_kind")
             peak = peak_flops(kind) if kind and w.dtype == "bfloat16" else None  # a bf16 datasheet peak
             if w.decoder:
-                row.update(decoder_metrics(w, med, limits, peak), device_kind=kind, seq=w.seq,
+                first = [t for x in rs for t in x.get("first_token_times_s") or ()]
+                row.update(decoder_metrics(w, med, limits, peak, statistics.median(first) if first else None),
+                           device_kind=kind, seq=w.seq,
                            new_tokens=w.new_tokens, first_call_s=statistics.median(x["first_call_s"] for x in rs))
             elif peak and flops:
                 row.update(device_kind=kind, mfu=flops / med / peak)

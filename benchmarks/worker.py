@@ -64,11 +64,14 @@ def max_rss_bytes() -> int:
 
 class Bench:
     """What a contender hands back: `compile()` -> seconds, `step()` runs one step to
-    completion, `check()` -> {name: array} compared across contenders."""
+    completion, `check()` -> {name: array} compared across contenders. A decode bench also has
+    `first_token()`: the same generate call for one new token (its prefill and first step), so
+    that the worker can tell the decode loop's steady step from a call's fixed cost."""
 
-    def __init__(self, compile, step, check, versions, xla_peak_bytes=None, flops=None):
+    def __init__(self, compile, step, check, versions, xla_peak_bytes=None, flops=None, first_token=None):
         self.compile, self.step, self.check = compile, step, check
         self.versions, self.xla_peak_bytes, self.flops = versions, xla_peak_bytes, flops
+        self.first_token = first_token
 
 
 # --- JAX helpers ---------------------------------------------------------------------------------
@@ -646,6 +649,13 @@ def run(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     minor_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / spec["steps"]
     check = bench.check()
+    first_token_times = []
+    if bench.first_token is not None:  # after the check: it keeps the last full call's output
+        bench.first_token()  # compiles the one-token program
+        for _ in range(spec["steps"]):
+            t0 = time.perf_counter()
+            bench.first_token()
+            first_token_times.append(time.perf_counter() - t0)
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     import numpy as np
@@ -669,6 +679,7 @@ def run(spec: dict) -> dict:
         throughput=spec["batch"] / med, xla_peak_bytes=bench.xla_peak_bytes,
         max_rss_bytes=max_rss_bytes(), xla_flops=bench.flops,
         minor_faults_per_step=minor_faults, pid=os.getpid(), first_call_s=first_call_s,
+        first_token_times_s=first_token_times or None,
     )
 
 

@@ -198,16 +198,20 @@ def llm_suite(quick: bool = False) -> list[Workload]:
         # OpenMP workers wait on each other), so batch-1 decode runs both ways.
         one_thread = () if quick else (Entry("hf_torch_eager", "hf_torch_eager+1thread",
                                              dict(env={"OMP_NUM_THREADS": "1"})),)
+        # A generate call unstacks the scanned layers into fresh buffers (`CausalLM.decoding`),
+        # and a training step allocates its temporaries afresh: both page-fault 4 KiB at a time.
+        hugetlb = () if quick else tuple(Entry(c, f"{c}+hugetlb", dict(env=HUGETLB))
+                                         for c in ("jimm_linen", "hf_torch_eager"))
         out += [
-            Workload(f"{family}_decode_b1", "decode", cfg, 1, "float32", entries(DECODE_CONTENDERS, one_thread),
-                     seq=seq, new_tokens=new, **common),
+            Workload(f"{family}_decode_b1", "decode", cfg, 1, "float32",
+                     entries(DECODE_CONTENDERS, one_thread + hugetlb), seq=seq, new_tokens=new, **common),
             Workload(f"{family}_decode_b16", "decode", cfg, 16 if not quick else 4, "float32",
                      entries(DECODE_CONTENDERS), seq=seq, new_tokens=new, **common),
             Workload(f"{family}_prefill", "prefill", cfg, 4, "float32", entries(DECODE_CONTENDERS), seq=long_seq,
                      **common),
             Workload(f"{family}_prefill_bf16", "prefill", cfg, 4, "bfloat16", entries(("hf_torch_eager", "jimm_linen")),
                      seq=long_seq, **common),
-            Workload(f"{family}_train_step", "train", cfg, 4, "float32", entries(TRAIN_CONTENDERS, (
+            Workload(f"{family}_train_step", "train", cfg, 4, "float32", entries(TRAIN_CONTENDERS, hugetlb + (
                 () if quick else tuple(Entry("jimm_linen", f"jimm_linen+{p}", dict(remat=p))
                                        for p in ("dots_saveable", "minimal", "full")))), seq=long_seq, **common),
         ]

@@ -314,6 +314,31 @@ def test_decoder_rows_on_a_gpu_carry_mfu_against_the_measured_and_the_datasheet_
     assert "| MFU | MFU (datasheet) |" in report.decoder_table([row])
 
 
+def test_a_decode_rows_bandwidth_share_is_per_steady_step():
+    """A decode row's share of the bandwidth counts the decode loop's steady step: the whole
+    call minus the one-token call (prefill, first step, fixed costs), per further token; where
+    the one-token call is not the faster (noise), the share falls back to the whole call."""
+    w = next(w for w in workloads.llm_suite() if w.name == "qwen3_decode_b1")
+    limits = {"run_id": "m", "bandwidth_bytes_per_s": 30e9}
+    step_bytes = workloads.decode_bytes_per_step(w.hf_config, 1, w.seq, w.new_tokens, 4)
+    out = run.decoder_metrics(w, 16.0, limits, first_token_s=1.5)
+    assert out["decode_step_s"] == pytest.approx(14.5 / (w.new_tokens - 1))
+    assert out["bandwidth_fraction"] == pytest.approx(step_bytes / out["decode_step_s"] / 30e9)
+    assert out["ms_per_token"] == pytest.approx(16e3 / w.new_tokens)  # the whole call's, as before
+    slow_first = run.decoder_metrics(w, 16.0, limits, first_token_s=16.5)
+    assert "decode_step_s" not in slow_first
+    assert slow_first["bandwidth_fraction"] == pytest.approx(step_bytes * w.new_tokens / 16.0 / 30e9)
+    rows = [dict(out, label="jimm_linen", median_s=16.0, min_s=15.0, max_s=17.0, compile_s=1.0, task="decode",
+                 dtype="float32"),
+            dict(slow_first, label="hf_torch_eager", median_s=16.0, min_s=16.0, max_s=16.0, compile_s=0.0,
+                 task="decode", dtype="float32")]
+    table = report.decoder_table(rows).splitlines()
+    assert table[0].startswith("| contender | ms / step | of bandwidth | vs hf_torch_eager (step) | first token (s) |")
+    assert table[2].startswith(f"| jimm_linen | {out['decode_step_s'] * 1e3:,.1f} | "
+                               f"{out['bandwidth_fraction']:.1%} | - | 1.50 | 125.0 |")
+    assert table[3].startswith("| hf_torch_eager | - |")
+
+
 def test_the_committed_moe_table_is_the_latest_run():
     from benchmarks import moe
 
@@ -358,6 +383,11 @@ def test_quick_decoder_suite_checks_tokens_and_records_its_share_of_the_measured
             assert r["throughput"] == pytest.approx(w.batch * steps_per_s)
             assert r["decode_bytes_per_step"] == workloads.decode_bytes_per_step(w.hf_config, w.batch, w.seq,
                                                                                 w.new_tokens, 4)
+            assert 0 < r["first_token_s"]
+            # The steady step (call minus one-token call) where noise leaves one on a tiny model.
+            if "decode_step_s" in r:
+                steps_per_s = 1 / r["decode_step_s"]
+                assert r["decode_step_s"] == pytest.approx((r["median_s"] - r["first_token_s"]) / (w.new_tokens - 1))
             assert r["bandwidth_fraction"] == pytest.approx(
                 r["decode_bytes_per_step"] * steps_per_s / limits["bandwidth_bytes_per_s"])
         else:

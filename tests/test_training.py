@@ -127,6 +127,22 @@ def test_chunked_loss_and_gradients_equal_full_logits(llama, chunk4, reference):
     assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads))
 
 
+def test_a_tied_head_gets_the_lookups_and_the_losss_gradients(tmp_path):
+    """With tied embeddings the table is read by the lookup (plain autodiff) and by the chunked
+    loss's head (gradients taken in its forward pass): the two must add up to the full-logits
+    gradient."""
+    lmc.build_llama(tmp_path, tie_word_embeddings=True)
+    model, variables = jimm_linen.from_pretrained(tmp_path)
+    assert "logits_dense" not in variables["params"]
+    ids, mask, loss_mask = prompt_mask_batch()
+    weights = lmc.hand_weights(mask, loss_mask)
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(
+        lambda v: full_logits_loss(model, v, ids, mask, weights)))(variables)
+    (loss, _), grads = compiled_loss_and_grad(model, variables, 4)(variables, ids, mask, loss_mask)
+    assert_close(loss, ref_loss, what="loss")
+    jax.tree.map(lambda g, r: assert_close(g, r, what="gradient"), grads, ref_grads)
+
+
 def _big_logit_buffers(hlo: str, batch: int, positions: int, vocab: int) -> list[str]:
     """float32 buffers ending in the vocabulary with at least `batch x positions x vocab`
     elements: all of a step's logits (or their stacked chunks) kept at once."""

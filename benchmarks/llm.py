@@ -84,7 +84,7 @@ def _prefill_check(logits) -> dict:
     return {"logits": logits[:, check_positions(logits.shape[1])]}
 
 
-def _bench(spec, run_once, check, versions) -> Bench:
+def _bench(spec, run_once, check, versions, first_token=None) -> Bench:
     """`run_once() -> output` run to completion; the last output is kept for `check(output)`,
     so the agreement check costs no extra call."""
     state = {}
@@ -92,15 +92,13 @@ def _bench(spec, run_once, check, versions) -> Bench:
     def step():
         state["out"] = run_once()
 
-    return Bench(_first_call_timer(step), step, lambda: check(state["out"]), versions)
+    return Bench(_first_call_timer(step), step, lambda: check(state["out"]), versions, first_token=first_token)
 
 
 def _decode_bench(spec, generate, check, versions) -> Bench:
     """`generate(n) -> the n new tokens [B, n]` run to completion: one step is
     `generate(new_tokens)`, `first_token` is `generate(1)`."""
-    bench = _bench(spec, lambda: generate(spec["new_tokens"]), check, versions)
-    bench.first_token = lambda: generate(1)
-    return bench
+    return _bench(spec, lambda: generate(spec["new_tokens"]), check, versions, first_token=lambda: generate(1))
 
 
 def _train_bench(spec, step_once, versions) -> Bench:

@@ -621,6 +621,16 @@ def compile_only(spec) -> dict:
                 max_rss_bytes=max_rss_bytes(), pid=os.getpid())
 
 
+def _timed(fn, n: int) -> list[float]:
+    """Seconds of each of `n` calls of `fn`."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def run(spec: dict) -> dict:
     if spec.get("fail"):  # test hook: a contender whose process fails
         raise SystemExit("this contender fails on purpose (--fail)")
@@ -641,21 +651,14 @@ def run(spec: dict) -> dict:
         _finish_jax(bench)
     for _ in range(spec["warmup"]):
         bench.step()
-    times = []
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(spec["steps"]):
-        t0 = time.perf_counter()
-        bench.step()
-        times.append(time.perf_counter() - t0)
+    times = _timed(bench.step, spec["steps"])
     minor_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / spec["steps"]
     check = bench.check()
     first_token_times = []
     if bench.first_token is not None:  # after the check: it keeps the last full call's output
         bench.first_token()  # compiles the one-token program
-        for _ in range(spec["steps"]):
-            t0 = time.perf_counter()
-            bench.first_token()
-            first_token_times.append(time.perf_counter() - t0)
+        first_token_times = _timed(bench.first_token, spec["steps"])
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     import numpy as np
